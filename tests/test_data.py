@@ -1,0 +1,121 @@
+"""Paired loader, streams, transforms."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TinyDataset
+from udaseg.data import Augmentation, InfiniteShardedSampler, UDADataModule, normalize
+from udaseg.data.transforms import CAFFE_MEAN_BGR, TransformedDataset
+
+
+def take(loader, count):
+    """First `count` training batches (CombinedLoader yields (batch, index, loader index))."""
+    iterator = iter(loader)
+    return [next(iterator)[0] for _ in range(count)]
+
+
+def batch_names(batches, stream):
+    return [name for batch in batches for name in batch[stream]["name"]]
+
+
+def test_streams_cycle_independently_and_target_has_no_labels():
+    data = UDADataModule(source=TinyDataset(3, "s"), target=TinyDataset(5, "t"), batch_size=1)
+    batches = take(data.train_dataloader(), 15)
+    source, target = batch_names(batches, "source"), batch_names(batches, "target")
+    # Each stream goes through full passes of its own length: 5 passes of 3, 3 passes of 5.
+    for names, size in ((source, 3), (target, 5)):
+        passes = [names[start:start + size] for start in range(0, 15, size)]
+        assert all(sorted(chunk) == sorted(set(chunk)) and len(set(chunk)) == size
+                   for chunk in passes)
+        assert len({tuple(chunk) for chunk in passes}) > 1, "each pass must be reshuffled"
+    assert "label" not in batches[0]["target"]
+    assert set(batches[0]["target"]) == {"image", "name"}
+    assert batches[0]["source"]["label"].dtype == torch.long
+
+
+def test_source_and_target_orders_are_independent():
+    data = UDADataModule(source=TinyDataset(6, "x"), target=TinyDataset(6, "x"), batch_size=1)
+    batches = take(data.train_dataloader(), 6)
+    assert batch_names(batches, "source") != batch_names(batches, "target")
+
+
+def test_two_ranks_get_disjoint_shards_of_each_stream():
+    shards = {}
+    for rank in (0, 1):
+        data = UDADataModule(source=TinyDataset(8, "s"), target=TinyDataset(10, "t"),
+                             batch_size=1, seed=3)
+        data.trainer = SimpleNamespace(global_rank=rank, world_size=2, global_step=0)
+        batches = take(data.train_dataloader(), 4)
+        shards[rank] = (set(batch_names(batches, "source")), set(batch_names(batches, "target")))
+    assert not shards[0][0] & shards[1][0]
+    assert not shards[0][1] & shards[1][1]
+    assert len(shards[0][0] | shards[1][0]) == 8
+    assert len(shards[0][1] | shards[1][1]) == 8
+
+
+def test_sampler_pads_uneven_passes_and_has_no_length():
+    per_rank = [InfiniteShardedSampler(5, num_replicas=2, rank=rank, seed=1) for rank in (0, 1)]
+    order = per_rank[0].pass_order(0)
+    assert len(order) == 6 and sorted(order[:5].tolist()) == [0, 1, 2, 3, 4]
+    # Within one pass, the ranks' shards cover every index and overlap only in the padding.
+    shards = [set(order[rank::2].tolist()) for rank in (0, 1)]
+    assert shards[0] | shards[1] == {0, 1, 2, 3, 4} and len(shards[0] & shards[1]) <= 1
+    with pytest.raises(TypeError):
+        len(per_rank[0])
+
+
+def test_same_seed_gives_same_batches_and_other_seed_differs():
+    def first_images(seed):
+        data = UDADataModule(source=TinyDataset(9, "s"), batch_size=2, seed=seed,
+                             source_augmentation=Augmentation(crop=(6, 6), hflip=True))
+        return torch.stack([batch["source"]["image"] for batch in take(data.train_dataloader(), 3)])
+
+    assert torch.equal(first_images(0), first_images(0))
+    assert not torch.equal(first_images(0), first_images(1))
+
+
+def test_crop_pads_labels_with_ignore_and_images_with_zero():
+    dataset = TransformedDataset(TinyDataset(1, "s", height=4, width=4),
+                                 Augmentation(crop=(8, 8)), "imagenet")
+    label = dataset[0]["label"]
+    assert label.shape == (8, 8)
+    assert (label == 255).sum() == 64 - 16 and (label == 0).sum() == 16
+
+
+def test_eval_resize_keeps_full_resolution_labels():
+    dataset = TransformedDataset(TinyDataset(1, "v", height=8, width=12),
+                                 Augmentation(resize=(4, 6), resize_label=False), "imagenet")
+    item = dataset[0]
+    assert item["image"].shape == (3, 4, 6) and item["label"].shape == (8, 12)
+    with pytest.raises(ValueError, match="resize_label=False"):
+        Augmentation(crop=(4, 4), resize_label=False)
+
+
+def test_caffe_normalization_is_bgr_mean_subtraction():
+    image = np.zeros((1, 1, 3), dtype=np.uint8)
+    image[0, 0] = (10, 20, 30)  # RGB
+    tensor = normalize(image, "caffe_bgr")
+    expected = np.array([30, 20, 10], dtype=np.float32) - CAFFE_MEAN_BGR
+    assert torch.allclose(tensor[:, 0, 0], torch.from_numpy(expected))
+    imagenet = normalize(image, "imagenet")
+    assert torch.allclose(imagenet[:, 0, 0], torch.tensor(
+        [(10 / 255 - 0.485) / 0.229, (20 / 255 - 0.456) / 0.224, (30 / 255 - 0.406) / 0.225]),
+        atol=1e-5)
+
+
+def test_class_mismatch_between_streams_is_a_clear_error():
+    other = TinyDataset(3, "t")
+    other.class_names = ("x", "y", "z")
+    with pytest.raises(ValueError, match="data.target"):
+        UDADataModule(source=TinyDataset(3, "s"), target=other)
+
+
+def test_linked_attributes():
+    data = UDADataModule(source=TinyDataset(3, "s"), val=TinyDataset(2, "v"))
+    assert data.num_classes == 3 and data.ignore_index == 255
+    assert data.eval_subsets == {"mIoU": [0, 1, 2], "mIoU-2": [0, 1]}

@@ -1,0 +1,52 @@
+"""Confusion matrix, IoU, subset mIoU and the poly schedule against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from udaseg.methods.base import poly_lr
+from udaseg.metrics import ConfusionMatrix, confusion_matrix, iou_per_class, mean_iou, summarize
+
+
+def test_confusion_matrix_counts_and_skips_ignore_pixels():
+    labels = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 255]])
+    predictions = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 0]])
+    matrix = confusion_matrix(predictions, labels, num_classes=3)
+    expected = torch.tensor([[1, 1, 0], [0, 2, 0], [1, 0, 1]])
+    assert torch.equal(matrix, expected)
+
+
+def test_iou_and_subsets_match_hand_computation():
+    # rows = truth, cols = prediction
+    matrix = torch.tensor([[1, 1, 0], [0, 2, 0], [1, 0, 1]])
+    ious = iou_per_class(matrix)
+    # class 0: TP 1, FP 1 (col) , FN 1 (row) -> 1/3; class 1: 2/(2+1+0) = 2/3; class 2: 1/2
+    assert torch.allclose(ious, torch.tensor([1 / 3, 2 / 3, 1 / 2], dtype=torch.float64))
+    metrics = summarize(matrix, ["a", "b", "c"], {"mIoU": [0, 1, 2], "mIoU-2": [0, 2]})
+    assert metrics["mIoU"] == pytest.approx(100 * (1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert metrics["mIoU-2"] == pytest.approx(100 * (1 / 3 + 1 / 2) / 2)
+    assert metrics["IoU/b"] == pytest.approx(200 / 3)
+
+
+def test_absent_class_is_skipped_not_counted_as_zero():
+    matrix = torch.tensor([[3, 0, 0], [0, 1, 0], [0, 0, 0]])
+    ious = iou_per_class(matrix)
+    assert math.isnan(float(ious[2]))
+    assert mean_iou(ious) == pytest.approx(1.0)
+
+
+def test_metric_accumulates_over_batches():
+    metric = ConfusionMatrix(num_classes=2)
+    metric.update(torch.tensor([0, 1]), torch.tensor([0, 0]))
+    metric.update(torch.tensor([1, 1]), torch.tensor([1, 255]))
+    assert torch.equal(metric.compute(), torch.tensor([[1, 1], [0, 1]]))
+
+
+def test_poly_lr_values():
+    assert poly_lr(2.5e-4, 0, 100) == pytest.approx(2.5e-4)
+    assert poly_lr(2.5e-4, 50, 100) == pytest.approx(2.5e-4 * 0.5**0.9)
+    assert poly_lr(1.0, 90, 100, power=0.9) == pytest.approx(0.1**0.9)
+    assert poly_lr(1.0, 100, 100) == 0.0 and poly_lr(1.0, 150, 100) == 0.0

@@ -1,0 +1,1 @@
+"""udaseg: unsupervised domain adaptation for semantic segmentation with PyTorch Lightning."""

@@ -1,0 +1,72 @@
+"""Per-class IoU table on the console and a JSON result file after every evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
+from rich.console import Console
+from rich.table import Table
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write via a temporary file + rename, so a crash never leaves a half-written result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(payload, stream, indent=2)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def iou_table(metrics: dict[str, float], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    for name, value in metrics.items():
+        if name.startswith("IoU/"):
+            table.add_row(name[4:], "n/a" if math.isnan(value) else f"{value:.1f}")
+    for name, value in metrics.items():
+        if not name.startswith("IoU/"):
+            table.add_row(f"[bold]{name}[/bold]", f"[bold]{value:.2f}[/bold]")
+    return table
+
+
+class IoUReport(pl.Callback):
+    """After each validation/test: print the per-class IoU table (rank 0) and write
+    `<log_dir>/<stage>_metrics.json` with the metrics and the global step.
+
+    Args:
+        print_table: print on every evaluation (False: only at the end of fit, validate, test).
+    """
+
+    def __init__(self, print_table: bool = True) -> None:
+        self.print_table = print_table
+        self.console = Console()
+
+    @rank_zero_only
+    def _report(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
+        metrics: Optional[dict[str, float]] = getattr(module, "eval_results", {}).get(stage)
+        if not metrics or trainer.sanity_checking:
+            return
+        if self.print_table or trainer.state.fn != "fit":
+            title = f"{stage} at iteration {trainer.global_step}"
+            self.console.print(iou_table(metrics, title))
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        write_json_atomic(log_dir / f"{stage}_metrics.json",
+                          {"global_step": trainer.global_step, **metrics})
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._report(trainer, module, "val")
+
+    def on_test_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._report(trainer, module, "test")

@@ -1,0 +1,32 @@
+"""The `udaseg` command: a LightningCLI whose method is chosen in YAML (`model.class_path`)."""
+
+from __future__ import annotations
+
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from udaseg.callbacks import IoUReport
+from udaseg.data import UDADataModule
+from udaseg.methods import UDAMethod
+
+
+class UDASegCLI(LightningCLI):
+    """Links the label space from the data to the method so no config writes it twice, and
+    uses the run's single `seed_everything` for data shuffling and augmentation too."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for attribute in ("num_classes", "ignore_index", "class_names", "eval_subsets"):
+            parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}",
+                                  apply_on="instantiate")
+        parser.link_arguments("seed_everything", "data.seed")
+        parser.add_lightning_class_args(IoUReport, "iou_report")
+
+
+def main() -> None:
+    """Console-script entry point (returns None: a returned object would become exit code 1)."""
+    UDASegCLI(UDAMethod, UDADataModule, subclass_mode_model=True, seed_everything_default=0,
+              save_config_kwargs={"overwrite": True},
+              parser_kwargs={"default_env": False})
+
+
+if __name__ == "__main__":
+    main()

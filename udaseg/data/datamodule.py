@@ -1,0 +1,146 @@
+"""The one data module: a labelled source stream paired with an unlabelled target stream.
+
+Training batches look like `{"source": {"image", "label", "name"}, "target": {"image", "name"}}`;
+the target entry is missing when no target set is given (source-only / oracle runs). Validation
+and test batches are plain `{"image", "label", "name"}` from labelled target sets.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from pytorch_lightning.utilities import CombinedLoader
+from torch.utils.data import DataLoader
+
+from udaseg.data.base import SegmentationDataset, check_same_classes
+from udaseg.data.classes import IGNORE_INDEX
+from udaseg.data.streams import InfiniteShardedSampler, reseed_worker
+from udaseg.data.transforms import Augmentation, Normalization, TransformedDataset
+
+# Distinct seed offsets so the source and target streams never share an order.
+_STREAM_SEEDS = {"source": 0, "target": 1}
+
+
+class UDADataModule(pl.LightningDataModule):
+    """Pairs source and target streams for training; serves labelled target val/test sets.
+
+    Args:
+        source: labelled training set (for an oracle run: the labelled target train set).
+        target: unlabelled training set of the target domain; its labels are never loaded.
+        val: labelled evaluation set of the target domain used during `fit` and `validate`.
+        test: labelled held-out set for `test` (defaults to `val`).
+        source_augmentation / target_augmentation: per-stream augmentation.
+        eval_augmentation: evaluation-time resize; labels stay at full resolution.
+        normalization: "imagenet" (torchvision weights) or "caffe_bgr" (official DeepLab init).
+        batch_size: source images per iteration; target_batch_size defaults to the same.
+        eval_batch_size: images per evaluation batch.
+        num_workers: DataLoader workers per stream.
+        seed: shuffling and augmentation seed (also mixed with the rank and the resume step).
+    """
+
+    def __init__(
+        self,
+        source: SegmentationDataset,
+        target: Optional[SegmentationDataset] = None,
+        val: Optional[SegmentationDataset] = None,
+        test: Optional[SegmentationDataset] = None,
+        source_augmentation: Augmentation = Augmentation(),
+        target_augmentation: Augmentation = Augmentation(),
+        eval_augmentation: Augmentation = Augmentation(resize_label=False),
+        normalization: Normalization = "imagenet",
+        batch_size: int = 1,
+        target_batch_size: Optional[int] = None,
+        eval_batch_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        streams = [("source", source)] + [(key, dataset) for key, dataset in
+                                          (("target", target), ("val", val), ("test", test))
+                                          if dataset is not None]
+        self.class_names = check_same_classes(streams)
+        for key, dataset in streams:
+            if key != "target" and not dataset.has_labels:
+                raise ValueError(f"data.{key} ({type(dataset).__name__}) has no labels, "
+                                 "but that stream needs them")
+        self.source, self.target, self.val, self.test = source, target, val, test
+        self.source_augmentation = source_augmentation
+        self.target_augmentation = target_augmentation
+        self.eval_augmentation = eval_augmentation
+        self.normalization = normalization
+        self.batch_size = batch_size
+        self.target_batch_size = target_batch_size or batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+
+    # Linked into the method's constructor by the CLI, so they are written once, here.
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def ignore_index(self) -> int:
+        return IGNORE_INDEX
+
+    @property
+    def eval_subsets(self) -> dict[str, list[int]]:
+        evaluation_set = self.val or self.test or self.source
+        subsets = dict(getattr(evaluation_set, "eval_subsets", {}) or {})
+        return subsets or {"mIoU": list(range(self.num_classes))}
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _resume_offset(self) -> int:
+        """Shift the stream seeds on resume, so a resumed run does not replay its first batches."""
+        return 0 if self.trainer is None else int(self.trainer.global_step)
+
+    def stream_loader(self, key: str, dataset: SegmentationDataset, augmentation: Augmentation,
+                      batch_size: int, keep_label: bool) -> DataLoader:
+        rank, world_size = self._rank_and_world()
+        stream_seed = self.seed * 7919 + _STREAM_SEEDS[key] + 104_729 * self._resume_offset()
+        transformed = TransformedDataset(dataset, augmentation, self.normalization, keep_label)
+        transformed.reseed(stream_seed * 997 + rank)
+        sampler = InfiniteShardedSampler(len(dataset), num_replicas=world_size, rank=rank,
+                                         seed=stream_seed)
+        return DataLoader(transformed, batch_size=batch_size, sampler=sampler,
+                          num_workers=self.num_workers, drop_last=True,
+                          worker_init_fn=reseed_worker,
+                          generator=torch.Generator().manual_seed(stream_seed * 997 + rank),
+                          persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> CombinedLoader:
+        loaders = {"source": self.stream_loader("source", self.source, self.source_augmentation,
+                                                self.batch_size, keep_label=True)}
+        if self.target is not None:
+            loaders["target"] = self.stream_loader("target", self.target,
+                                                   self.target_augmentation,
+                                                   self.target_batch_size, keep_label=False)
+        # Both streams are endless, so "min_size" simply zips them.
+        return CombinedLoader(loaders, mode="min_size")
+
+    def eval_loader(self, key: str, dataset: Optional[SegmentationDataset]) -> DataLoader:
+        if dataset is None:
+            raise ValueError(f"no data.{key} set is configured")
+        transformed = TransformedDataset(dataset, self.eval_augmentation, self.normalization)
+        rank, world_size = self._rank_and_world()
+        # Unrepeated: every image is evaluated exactly once, even if the set does not divide
+        # by the world size (the default DistributedSampler pads and skews the IoU).
+        sampler = (UnrepeatedDistributedSampler(transformed, num_replicas=world_size, rank=rank,
+                                                shuffle=False) if world_size > 1 else None)
+        return DataLoader(transformed, batch_size=self.eval_batch_size, sampler=sampler,
+                          num_workers=self.num_workers, shuffle=False,
+                          pin_memory=torch.cuda.is_available())
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_loader("val", self.val)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_loader("test", self.test or self.val)

@@ -1,0 +1,76 @@
+"""Endless, rank-sharded, independently shuffled index streams for the paired training loader.
+
+UDA training pairs a source batch with a target batch every iteration. The two datasets have
+different sizes, and the papers count iterations, not epochs, so each stream cycles on its own:
+every pass over a dataset is a fresh permutation, split into disjoint per-rank shards, and the
+training length is set by `trainer.max_steps` alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DistributedSampler, get_worker_info
+
+
+class InfiniteShardedSampler(DistributedSampler):
+    """Yields dataset indices forever: pass k is a permutation seeded by (seed, k), rank r takes
+    every `num_replicas`-th index from position r.
+
+    It subclasses `DistributedSampler` only so that Lightning leaves it alone under DDP (Lightning
+    wraps any other sampler and would try to materialise this endless one).
+
+    Args:
+        dataset_size: number of samples in the stream.
+        num_replicas: world size; rank: this process's rank.
+        seed: base seed; streams with different seeds are shuffled independently.
+        shuffle: False yields 0..n-1 in order each pass (still sharded).
+    """
+
+    def __init__(self, dataset_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True) -> None:
+        if dataset_size <= 0:
+            raise ValueError("cannot stream from an empty dataset")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
+        # DistributedSampler.__init__ would query torch.distributed; we set what we need ourselves.
+        self.dataset_size = dataset_size
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def pass_order(self, pass_index: int) -> torch.Tensor:
+        """All indices of one pass, before sharding; padded by wrapping so every rank gets
+        the same count (a DDP step must not wait on a rank that ran out)."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + pass_index)
+            order = torch.randperm(self.dataset_size, generator=generator)
+        else:
+            order = torch.arange(self.dataset_size)
+        remainder = (-self.dataset_size) % self.num_replicas
+        if remainder:
+            order = torch.cat([order, order[:remainder]])
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        pass_index = self.epoch
+        while True:
+            yield from self.pass_order(pass_index)[self.rank::self.num_replicas].tolist()
+            pass_index += 1
+
+    def __len__(self) -> int:
+        raise TypeError("InfiniteShardedSampler is endless; training length is set by max_steps")
+
+
+def reseed_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: give each worker's augmentation pipeline its own seed.
+
+    Without it every worker (and every DDP rank) draws the same crops and flips. The worker seed
+    comes from the DataLoader's generator, which the data module seeds with (seed, rank, stream).
+    """
+    info = get_worker_info()
+    if info is not None and hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(info.seed % 2**32)

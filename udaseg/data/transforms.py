@@ -1,0 +1,139 @@
+"""Per-stream augmentation (albumentations) and input normalisation.
+
+Normalisation is ours rather than albumentations' because the official DeepLabV2 weights expect
+Caffe-style input: BGR channel order, mean subtraction, no division by the std.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from udaseg.data.classes import IGNORE_INDEX
+
+Normalization = Literal["imagenet", "caffe_bgr"]
+
+IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
+IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+# Mean of the Caffe ResNet-101 the official DeepLabV2 weights come from, in BGR order.
+CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What one stream does to its images, in this order.
+
+    Args:
+        resize: (height, width) every image is resized to first, e.g. GTA5 (720, 1280).
+        scale: (min, max) random rescale factor after the resize.
+        crop: (height, width) random crop; smaller images are padded first (labels with 255).
+        hflip: random horizontal flip with probability 0.5.
+        color_jitter: strength of brightness/contrast/saturation jitter (0 disables it).
+        resize_label: False keeps the label at its original size (the evaluation protocol:
+            predictions are upsampled to full label resolution). Only valid without scale/crop.
+    """
+
+    resize: Optional[tuple[int, int]] = None
+    scale: Optional[tuple[float, float]] = None
+    crop: Optional[tuple[int, int]] = None
+    hflip: bool = False
+    color_jitter: float = 0.0
+    resize_label: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.resize_label and (self.scale or self.crop or self.hflip):
+            raise ValueError("Augmentation(resize_label=False) only allows `resize`: random "
+                             "geometry would misalign image and full-resolution label")
+
+    def build(self) -> A.Compose:
+        """The albumentations pipeline for image+mask (image-only resize handled separately)."""
+        ops: list[A.BasicTransform] = []
+        if self.resize is not None and self.resize_label:
+            ops.append(A.Resize(height=self.resize[0], width=self.resize[1]))
+        if self.scale is not None:
+            low, high = self.scale
+            ops.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0))
+        if self.crop is not None:
+            ops.append(A.PadIfNeeded(min_height=self.crop[0], min_width=self.crop[1],
+                                     border_mode=cv2.BORDER_CONSTANT, fill=0,
+                                     fill_mask=IGNORE_INDEX))
+            ops.append(A.RandomCrop(height=self.crop[0], width=self.crop[1]))
+        if self.hflip:
+            ops.append(A.HorizontalFlip(p=0.5))
+        if self.color_jitter > 0:
+            strength = self.color_jitter
+            ops.append(A.ColorJitter(brightness=strength, contrast=strength,
+                                     saturation=strength, hue=0.0, p=0.8))
+        # strict: a misspelled argument must fail, not silently pad masks with 0. The shape
+        # check is off only when the label deliberately keeps its full resolution.
+        return A.Compose(ops, strict=True, is_check_shapes=self.resize_label)
+
+
+def normalize(image: np.ndarray, normalization: Normalization) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 network input."""
+    pixels = image.astype(np.float32)
+    if normalization == "imagenet":
+        pixels = (pixels - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB
+    elif normalization == "caffe_bgr":
+        pixels = pixels[..., ::-1] - CAFFE_MEAN_BGR
+    else:
+        raise ValueError(f"normalization must be 'imagenet' or 'caffe_bgr', got {normalization!r}")
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
+def denormalize(images: torch.Tensor, normalization: Normalization) -> np.ndarray:
+    """(N, 3, H, W) network input -> (N, H, W, 3) uint8 RGB, for visualisation."""
+    pixels = images.detach().float().cpu().numpy().transpose(0, 2, 3, 1)
+    if normalization == "imagenet":
+        pixels = pixels * IMAGENET_STD_RGB + IMAGENET_MEAN_RGB
+    else:
+        pixels = (pixels + CAFFE_MEAN_BGR)[..., ::-1]
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+class TransformedDataset(torch.utils.data.Dataset):
+    """Applies one stream's augmentation and normalisation to a `SegmentationDataset`.
+
+    `keep_label=False` is how the target training stream is built: the label is dropped here,
+    before collation, so target labels can never reach a training step.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, augmentation: Augmentation,
+                 normalization: Normalization, keep_label: bool = True) -> None:
+        self.dataset = dataset
+        self.augmentation = augmentation
+        self.normalization = normalization
+        self.keep_label = keep_label
+        self.pipeline = augmentation.build()
+
+    def reseed(self, seed: int) -> None:
+        """Give this copy of the pipeline its own random stream (per worker and rank)."""
+        self.pipeline.set_random_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.dataset[index]
+        image, label = sample["image"], sample.get("label")
+        if label is None and self.keep_label:
+            raise ValueError(f"{type(self.dataset).__name__} returned no label for "
+                             f"{sample.get('name', index)!r}, but this stream needs labels")
+        keep = self.keep_label and label is not None
+        if self.augmentation.resize is not None and not self.augmentation.resize_label:
+            height, width = self.augmentation.resize
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        if keep:
+            out = self.pipeline(image=image, mask=label)
+            image, label = out["image"], out["mask"]
+        else:
+            image = self.pipeline(image=image)["image"]
+        item = {"image": normalize(image, self.normalization), "name": sample["name"]}
+        if keep:
+            item["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
+        return item
