@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from udaseg.callbacks import IoUReport
@@ -21,11 +23,13 @@ class UDASegCLI(LightningCLI):
         parser.add_lightning_class_args(IoUReport, "iou_report")
 
 
-def main() -> None:
-    """Console-script entry point (returns None: a returned object would become exit code 1)."""
+def main(args: Optional[list[str]] = None) -> None:
+    """Console-script entry point; `args` replaces sys.argv (tests run the CLI in-process).
+
+    Returns None: the console script would turn a returned object into exit code 1.
+    """
     UDASegCLI(UDAMethod, UDADataModule, subclass_mode_model=True, seed_everything_default=0,
-              save_config_kwargs={"overwrite": True},
-              parser_kwargs={"default_env": False})
+              save_config_kwargs={"overwrite": True}, args=args)
 
 
 if __name__ == "__main__":

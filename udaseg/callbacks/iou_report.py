@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
@@ -53,17 +52,19 @@ class IoUReport(pl.Callback):
         self.print_table = print_table
         self.console = Console()
 
-    @rank_zero_only
     def _report(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
         metrics: Optional[dict[str, float]] = getattr(module, "eval_results", {}).get(stage)
         if not metrics or trainer.sanity_checking:
             return
-        if self.print_table or trainer.state.fn != "fit":
-            title = f"{stage} at iteration {trainer.global_step}"
-            self.console.print(iou_table(metrics, title))
+        # log_dir is a collective (broadcast) under DDP: every rank must ask for it.
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if not trainer.is_global_zero:
+            return
+        if self.print_table or trainer.state.fn != "fit":
+            title = f"{stage} at iteration {module.iteration}"
+            self.console.print(iou_table(metrics, title))
         write_json_atomic(log_dir / f"{stage}_metrics.json",
-                          {"global_step": trainer.global_step, **metrics})
+                          {"iteration": module.iteration, **metrics})
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._report(trainer, module, "val")

@@ -16,6 +16,7 @@ from typing import Optional
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from udaseg.data.classes import IGNORE_INDEX
 
@@ -52,16 +53,38 @@ class ImageLabelDataset(SegmentationDataset):
     id_to_train_id: Mapping[int, int] = {}
     # The biggest raw id the label files can hold (SYNTHIA's 16-bit ids need 65535).
     max_raw_id: int = 255
+    # One line describing the expected file layout, quoted in error messages.
+    layout: str = ""
 
     def __init__(self, root: str, split: str = "train", with_labels: bool = True) -> None:
         self.root = Path(root).expanduser()
         self.split = split
         self.has_labels = with_labels
         self.lookup = self.build_lookup(self.id_to_train_id, self.max_raw_id)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{type(self).__name__}: dataset root {self.root} does not "
+                                    f"exist or is not a folder{self.expected_layout()}")
         self.pairs = self.list_pairs()
         if not self.pairs:
             raise ValueError(f"{type(self).__name__}: split {split!r} under {self.root} "
-                             "contains no images")
+                             f"contains no images{self.expected_layout()}")
+
+    def expected_layout(self) -> str:
+        """'; expected <layout>' for error messages, or '' when the subclass gives none."""
+        if not self.layout:
+            return ""
+        return "; expected " + self.layout.replace("{root}", str(self.root))
+
+    def require_dirs(self, *folders: Path) -> None:
+        """Raise a clear error naming the first missing folder and the expected layout."""
+        for folder in folders:
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{type(self).__name__}: folder {folder} not found"
+                                        f"{self.expected_layout()}")
+
+    def missing_label(self, image: Path, label: Path) -> FileNotFoundError:
+        return FileNotFoundError(f"{type(self).__name__}: image {image} has no label file "
+                                 f"(expected {label}){self.expected_layout()}")
 
     def list_pairs(self) -> list[tuple[Path, Optional[Path]]]:
         """(image path, label path or None) for every sample of the split, in a fixed order."""
@@ -112,6 +135,53 @@ class ImageLabelDataset(SegmentationDataset):
                 label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
             sample["label"] = label
         return sample
+
+
+def read_index_png(path: Path) -> np.ndarray:
+    """Raw values (H, W) of a single-channel label PNG: the indices of a palette ("P") image,
+    the values of a grey ("L", "I;16", "I") one. The palette is never applied (OpenCV would
+    expand it to colours)."""
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L", "I;16", "I;16B", "I;16L", "I"):
+                raise ValueError(f"label file {path} is a {image.mode!r} image; expected a "
+                                 "single-channel palette or grey PNG of label ids")
+            ids = np.asarray(image)
+    except (OSError, SyntaxError) as error:  # PIL reports some corrupt PNGs as SyntaxError
+        raise OSError(f"cannot read label file {path}: {error}") from error
+    if ids.dtype.kind == "i":
+        if ids.size and ids.min() < 0:
+            raise ValueError(f"label file {path} holds negative ids")
+        ids = ids.astype(np.uint16 if ids.max(initial=0) <= 65535 else np.int64)
+    return ids
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def file_name_from_entry(entry: str, digits: int) -> str:
+    """A split-list entry -> a file name: "00001.png" and "images/00001.png" stay "00001.png";
+    a bare number is zero-padded to `digits` ("1" -> "00001.png"); other stems get ".png"."""
+    name = Path(entry).name
+    if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+        return name
+    return f"{int(name):0{digits}d}.png" if name.isdigit() else f"{name}.png"
+
+
+def read_name_list(list_file: str | Path, root: Path) -> list[str]:
+    """Non-empty, stripped lines of a split list (a relative path is tried as given, then
+    under the dataset root)."""
+    given = Path(list_file).expanduser()
+    candidates = [given] if given.is_absolute() else [given, root / given]
+    path = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"list file {list_file} not found (tried "
+                                f"{', '.join(str(candidate) for candidate in candidates)})")
+    names = [line.strip() for line in path.read_text().splitlines()]
+    names = [name for name in names if name and not name.startswith("#")]
+    if not names:
+        raise ValueError(f"list file {path} names no images")
+    return names
 
 
 def check_same_classes(datasets: Sequence[tuple[str, SegmentationDataset]]) -> tuple[str, ...]:

@@ -118,6 +118,8 @@ class UDAMethod(pl.LightningModule):
         self.test_confusion = ConfusionMatrix(num_classes, ignore_index)
         # Latest evaluation results, read by callbacks (IoU table, result files).
         self.eval_results: dict[str, dict[str, float]] = {}
+        # Iterations the loaded checkpoint was trained for (validate/test report it).
+        self.trained_iterations = 0
 
     # ----------------------------------------------------------------- construction
     def build_segmenter(self) -> nn.Module:
@@ -219,6 +221,15 @@ class UDAMethod(pl.LightningModule):
         losses["seg"] = total
         return losses
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.trained_iterations = int(checkpoint.get("global_step", 0))
+
+    @property
+    def iteration(self) -> int:
+        """Training iterations behind the current weights (also outside `fit`)."""
+        return max(self.global_step, self.trained_iterations) if self._trainer else \
+            self.trained_iterations
+
     # ----------------------------------------------------------------- evaluation
     def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Main-classifier logits upsampled to `size` (the label resolution in evaluation)."""
@@ -234,8 +245,29 @@ class UDAMethod(pl.LightningModule):
         metrics = summarize(matrix, self.class_names, self.eval_subsets)
         confusion.reset()
         self.eval_results[stage] = metrics
+        # Values are already reduced over ranks (torchmetrics); sync_dist only averages copies.
         self.log_dict({f"{stage}/{name}": value for name, value in metrics.items()},
-                      on_step=False, on_epoch=True)
+                      on_step=False, on_epoch=True, sync_dist=True)
+
+    @torch.no_grad()
+    def average_bn_statistics(self) -> None:
+        """Make BN running statistics identical on every rank (their mean).
+
+        Under DDP each rank's forward passes update its own running stats, and DDP broadcasts
+        buffers only once per iteration, so the ranks drift apart; without this each rank would
+        evaluate its shard with a slightly different model.
+        """
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return
+        for buffer in self.segmenter.buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(self.trainer.strategy.reduce(buffer.clone(), reduce_op="mean"))
+
+    def on_validation_epoch_start(self) -> None:
+        self.average_bn_statistics()
+
+    def on_test_epoch_start(self) -> None:
+        self.average_bn_statistics()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate_batch(batch, self.val_confusion)

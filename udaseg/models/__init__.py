@@ -1,6 +1,7 @@
 """Segmentation models: DeepLabV2 on a dilated ResNet, and loading their weights from disk."""
 
 from udaseg.models.deeplabv2 import ClassifierASPP, DeepLabV2, SegOutput, seg_output_size
+from udaseg.models.discriminator import FCDiscriminator
 from udaseg.models.resnet import ResNetBackbone
 from udaseg.models.weights import (
     WeightsError,
@@ -12,6 +13,7 @@ from udaseg.models.weights import (
 __all__ = [
     "ClassifierASPP",
     "DeepLabV2",
+    "FCDiscriminator",
     "ResNetBackbone",
     "SegOutput",
     "WeightsError",

@@ -1,0 +1,95 @@
+"""ADVENT methods and the shared adversarial mechanism."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from udaseg.data import SyntheticStreets, UDADataModule
+from udaseg.methods import AdvEnt, MinEnt, SegmenterConfig
+
+TINY = {"height": 32, "width": 64}
+
+
+def tiny_data(batch_size: int = 2) -> UDADataModule:
+    return UDADataModule(source=SyntheticStreets("synthetic", "train", 6, **TINY),
+                         target=SyntheticStreets("real", "train", 6, **TINY),
+                         val=SyntheticStreets("real", "val", 2, **TINY), batch_size=batch_size)
+
+
+def tiny_method(cls, **kwargs):
+    data = tiny_data()
+    return cls(num_classes=data.num_classes, class_names=list(data.class_names),
+               segmenter=SegmenterConfig(depth=18, width=8), discriminator_width=8,
+               **kwargs) if cls is AdvEnt else cls(
+        num_classes=data.num_classes, class_names=list(data.class_names),
+        segmenter=SegmenterConfig(depth=18, width=8), **kwargs)
+
+
+def fit(method, steps: int, **trainer_kwargs) -> pl.Trainer:
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, accelerator="cpu", devices=1, **trainer_kwargs)
+    trainer.fit(method, tiny_data())
+    return trainer
+
+
+def test_generator_step_gives_no_gradient_to_the_frozen_discriminator():
+    method = tiny_method(AdvEnt)
+    target_map = torch.rand(2, method.num_classes, 32, 64, requires_grad=True)
+    with method.frozen_discriminators():
+        method.fool_discriminator("main", target_map).backward()
+    assert target_map.grad is not None and target_map.grad.abs().sum() > 0
+    assert all(parameter.grad is None for parameter in method.discriminators.parameters())
+    assert all(parameter.requires_grad for parameter in method.discriminators.parameters())
+
+
+def test_discriminator_step_trains_only_on_detached_maps():
+    method = tiny_method(AdvEnt)
+    maps = {level: torch.rand(2, method.num_classes, 32, 64, requires_grad=True)
+            for level in ("main", "aux")}
+    method.manual_backward = lambda loss: loss.backward()  # no trainer needed here
+    losses = method.train_discriminators(maps, maps)
+    assert set(losses) == {"disc_main", "disc_aux"}
+    assert all(parameter.grad is not None for parameter in method.discriminators.parameters())
+    assert all(source_map.grad is None for source_map in maps.values())
+
+
+def test_advent_iteration_updates_both_players_and_counts_one_step():
+    method = tiny_method(AdvEnt)
+    before = copy.deepcopy(method.state_dict())
+    trainer = fit(method, steps=3)
+    assert trainer.global_step == 3, "three optimizers, but an iteration is one global step"
+    after = method.state_dict()
+    for prefix in ("segmenter.layer6", "discriminators.main", "discriminators.aux"):
+        changed = [key for key in after if key.startswith(prefix)
+                   and not torch.equal(after[key], before[key])]
+        assert changed, f"{prefix} was not updated"
+    optimizers = trainer.optimizers
+    assert len(optimizers) == 3
+    # Poly schedule after 3 of 3 iterations -> the last LR set was for iteration 2.
+    assert optimizers[1].param_groups[0]["lr"] == pytest.approx(1e-4 * (1 - 2 / 3) ** 0.9)
+
+
+def test_minent_entropy_term_changes_the_update():
+    torch.manual_seed(0)
+    with_entropy, without_entropy = tiny_method(MinEnt), tiny_method(MinEnt, lambda_ent_main=0.0,
+                                                                      lambda_ent_aux=0.0)
+    without_entropy.load_state_dict(with_entropy.state_dict())
+    for method in (with_entropy, without_entropy):
+        pl.seed_everything(0)
+        fit(method, steps=1)
+    weight = "segmenter.layer6.conv2d_list.0.weight"
+    assert not torch.equal(with_entropy.state_dict()[weight], without_entropy.state_dict()[weight])
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_with_two_optimizer_groups(precision):
+    method = tiny_method(AdvEnt)
+    trainer = fit(method, steps=2, precision=precision)
+    assert trainer.global_step == 2
+    assert all(torch.isfinite(tensor).all() for tensor in method.state_dict().values()
+               if tensor.is_floating_point())

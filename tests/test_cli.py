@@ -1,0 +1,100 @@
+"""The `udaseg` CLI end to end on a tiny built-in benchmark config (running is the feature)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from udaseg.cli import main
+
+TINY_DATA = {"domain": "synthetic", "height": 32, "width": 64}
+
+
+def write_config(tmp_path: Path, method: str = "udaseg.methods.SourceOnly",
+                 max_steps: int = 4) -> Path:
+    stream = lambda domain, split, count: {  # noqa: E731
+        "class_path": "udaseg.data.SyntheticStreets",
+        "init_args": {**TINY_DATA, "domain": domain, "split": split, "num_images": count}}
+    config = {
+        "seed_everything": 7,
+        "trainer": {
+            "max_steps": max_steps, "val_check_interval": 3, "check_val_every_n_epoch": None,
+            "num_sanity_val_steps": 0, "enable_progress_bar": False, "log_every_n_steps": 1,
+            "accelerator": "cpu", "devices": 1,
+            "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}},
+            "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                           "init_args": {"save_last": True, "save_top_k": 0}}],
+        },
+        "model": {"class_path": method, "init_args": {
+            "segmenter": {"depth": 18, "width": 8}, "optim": {"lr": 0.01}}},
+        "data": {"source": stream("synthetic", "train", 8), "target": stream("real", "train", 8),
+                 "val": stream("real", "val", 4), "batch_size": 2, "eval_batch_size": 2},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def logged_val_miou(run_dir: Path) -> float:
+    with open(run_dir / "metrics.csv") as stream:
+        values = [row["val/mIoU"] for row in csv.DictReader(stream) if row.get("val/mIoU")]
+    return float(values[-1])
+
+
+def test_fit_writes_checkpoint_metrics_and_config_then_validate_reproduces(tmp_path):
+    config = write_config(tmp_path)
+    main(["fit", "--config", str(config)])
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed_everything"] == 7
+    hparams = yaml.unsafe_load((run_dir / "hparams.yaml").read_text())
+    assert hparams["num_classes"] == 9, "num_classes is linked from the data"
+    assert hparams["class_names"][-1] == "traffic sign"
+    result = json.loads((run_dir / "val_metrics.json").read_text())
+    assert result["iteration"] == 4, "the run ends with a validation after its last iteration"
+    fit_miou = logged_val_miou(run_dir)
+    assert result["mIoU"] == pytest.approx(fit_miou, abs=1e-4)
+
+    main(["validate", "--config", str(config), "--ckpt_path", str(checkpoint)])
+    validated = json.loads((tmp_path / "runs" / "tiny" / "version_1" /
+                            "val_metrics.json").read_text())
+    assert validated["iteration"] == 4
+    assert validated["mIoU"] == pytest.approx(fit_miou, abs=1e-4)
+
+
+def test_overrides_change_the_run(tmp_path):
+    config = write_config(tmp_path)
+    main(["fit", "--config", str(config), "--trainer.max_steps", "2",
+          "--data.batch_size", "1"])
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["trainer"]["max_steps"] == 2 and saved["data"]["batch_size"] == 1
+    assert json.loads((run_dir / "val_metrics.json").read_text())["iteration"] == 2
+
+
+def test_print_config_shows_the_resolved_method(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(write_config(tmp_path)), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "udaseg.methods.SourceOnly"
+    assert printed["model"]["init_args"]["optim"]["lr"] == 0.01
+
+
+def test_ensemble_validate_averages_checkpoints(tmp_path):
+    config = write_config(tmp_path, max_steps=2)
+    main(["fit", "--config", str(config)])
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    checkpoint = str(run_dir / "checkpoints" / "last.ckpt")
+    single = json.loads((run_dir / "val_metrics.json").read_text())["mIoU"]
+    main(["validate", "--config", str(config), "--model", "udaseg.methods.Ensemble",
+          "--model.checkpoints", f"[{checkpoint}, {checkpoint}]"])
+    ensemble = json.loads((tmp_path / "runs" / "tiny" / "version_1" /
+                           "val_metrics.json").read_text())["mIoU"]
+    assert ensemble == pytest.approx(single, abs=1e-4), "two copies of a model == the model"

@@ -1,0 +1,84 @@
+"""The shared generator/discriminator mechanism of output-space adversarial methods.
+
+AdvEnt, CLAN and Conservative Loss all train one discriminator per prediction level to tell
+source from target maps, while the segmenter learns to make target maps look like source ones.
+This class owns that pattern, so a method only says which maps the discriminators see:
+
+1. `fool_discriminator(level, target_map)`: generator-side loss (BCE against the *source*
+   label) with the discriminator frozen, so its parameters receive no gradient.
+2. `train_discriminators(source_maps, target_maps)`: BCE/2 on detached source maps (label 0)
+   and detached target maps (label 1), each through `manual_backward` (AMP-safe).
+
+Discriminators are stepped after the segmenter by the base loop, each with its own Adam and the
+same poly schedule (see `UDAMethod.configure_optimizers`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from udaseg.losses import bce_with_constant
+from udaseg.methods.base import UDAMethod
+from udaseg.models import FCDiscriminator
+
+SOURCE_LABEL = 0.0
+TARGET_LABEL = 1.0
+
+
+class AdversarialMethod(UDAMethod):
+    """Base of methods with discriminators; subclasses implement `adaptation_step`.
+
+    Args:
+        discriminator_width: channels of the first discriminator conv (64 officially).
+        **kwargs: `UDAMethod` arguments.
+    """
+
+    # Prediction levels that get a discriminator; subclasses narrow it (e.g. CLAN: ["main"]).
+    def discriminator_levels(self) -> Sequence[str]:
+        return ["main", "aux"] if self.segmenter_config.multi_level else ["main"]
+
+    def __init__(self, discriminator_width: int = 64, **kwargs) -> None:
+        # Read by build_discriminators() during the base constructor.
+        self.discriminator_width = discriminator_width
+        super().__init__(**kwargs)
+
+    def build_discriminators(self) -> nn.ModuleDict:
+        return nn.ModuleDict({level: FCDiscriminator(self.num_classes, self.discriminator_width)
+                              for level in self.discriminator_levels()})
+
+    @contextmanager
+    def frozen_discriminators(self) -> Iterator[None]:
+        """Discriminator parameters take no gradient inside the block (the generator step)."""
+        parameters = list(self.discriminators.parameters())
+        for parameter in parameters:
+            parameter.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for parameter in parameters:
+                parameter.requires_grad_(True)
+
+    def fool_discriminator(self, level: str, target_map: torch.Tensor) -> torch.Tensor:
+        """BCE pushing the discriminator's verdict on a target map towards "source".
+
+        Call inside `frozen_discriminators()`; the gradient flows into the segmenter only.
+        """
+        return bce_with_constant(self.discriminators[level](target_map), SOURCE_LABEL)
+
+    def train_discriminators(self, source_maps: Mapping[str, torch.Tensor],
+                             target_maps: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One discriminator update per level on detached maps; returns the losses for logging."""
+        losses = {}
+        for level, discriminator in self.discriminators.items():
+            source_loss = bce_with_constant(discriminator(source_maps[level].detach()),
+                                            SOURCE_LABEL) / 2
+            self.manual_backward(source_loss)
+            target_loss = bce_with_constant(discriminator(target_maps[level].detach()),
+                                            TARGET_LABEL) / 2
+            self.manual_backward(target_loss)
+            losses[f"disc_{level}"] = source_loss.detach() + target_loss.detach()
+        return losses
