@@ -8,6 +8,7 @@ target and evaluation set.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,18 @@ import torch
 from PIL import Image
 
 from udaseg.data.classes import IGNORE_INDEX
+
+
+DATA_ROOT_VARIABLE = "UDASEG_DATA_ROOT"
+
+
+def resolve_root(root: str) -> Path:
+    """An absolute root is used as is; a relative one lives under $UDASEG_DATA_ROOT (default
+    `./data`), so configs say `root: GTA5` and one variable moves every dataset."""
+    path = Path(root).expanduser()
+    if path.is_absolute():
+        return path
+    return Path(os.environ.get(DATA_ROOT_VARIABLE, "data")).expanduser() / path
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
@@ -57,7 +70,7 @@ class ImageLabelDataset(SegmentationDataset):
     layout: str = ""
 
     def __init__(self, root: str, split: str = "train", with_labels: bool = True) -> None:
-        self.root = Path(root).expanduser()
+        self.root = resolve_root(root)
         self.split = split
         self.has_labels = with_labels
         self.lookup = self.build_lookup(self.id_to_train_id, self.max_raw_id)
