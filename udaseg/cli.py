@@ -28,7 +28,9 @@ def main(args: Optional[list[str]] = None) -> None:
 
     Returns None: the console script would turn a returned object into exit code 1.
     """
+    # Methods build their own optimisers (several, with poly LR): no --optimizer options.
     UDASegCLI(UDAMethod, UDADataModule, subclass_mode_model=True, seed_everything_default=0,
+              auto_configure_optimizers=False,
               save_config_kwargs={"overwrite": True}, args=args)
 
 

@@ -59,11 +59,11 @@ class StyleParams:
     """
 
     palette: dict[str, np.ndarray]
-    object_jitter: float = 0.08
-    brightness: tuple[float, float] = (0.9, 1.1)
-    contrast: tuple[float, float] = (1.0, 1.15)
-    saturation: tuple[float, float] = (1.0, 1.25)
-    hue_deg: float = 10.0
+    object_jitter: float = 0.1
+    brightness: tuple[float, float] = (0.8, 1.2)
+    contrast: tuple[float, float] = (0.9, 1.2)
+    saturation: tuple[float, float] = (0.85, 1.3)
+    hue_deg: float = 15.0
     temperature: tuple[float, float] = (-0.03, 0.03)
     tint: tuple[float, float] = (-0.02, 0.02)
     texture_fine: float = 0.03

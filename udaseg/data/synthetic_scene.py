@@ -285,7 +285,7 @@ def build_scene(rng: np.random.Generator, p: LayoutParams, height: int, width: i
                        cx + sx * w * 0.4 + w * 0.06, top + body_h * 0.4, "car_light")
 
     def person(lat, s):
-        h = 0.36 * obj_scale * u((0.85, 1.1)) * s * R
+        h = 0.45 * obj_scale * u((0.85, 1.1)) * s * R
         cx, yb = gx(lat, s), gy(s)
         bw = h * u((0.22, 0.3))
         if draws.random() < 0.5:
@@ -300,14 +300,14 @@ def build_scene(rng: np.random.Generator, p: LayoutParams, height: int, width: i
     def pole(side, s):
         lat = side * u((1.07, 1.2))
         h = u((1.0, 1.6)) * s * R
-        pw = max(0.035 * s * R, 1.0)
+        pw = max(0.05 * s * R, 1.0)
         cx, yb = gx(lat, s), gy(s)
         c.rect(cx - pw / 2, yb - h, cx + pw / 2, yb, "pole")
         if draws.random() < p.lamp_prob:
             c.rect(min(cx, cx - side * 0.3 * s * R), yb - h, max(cx, cx - side * 0.3 * s * R),
                    yb - h + pw, "pole")
         if draws.random() < p.sign_prob:
-            r = u((0.06, 0.09)) * s * R
+            r = u((0.08, 0.12)) * s * R
             sy = yb - h * u((0.6, 0.85))
             shape = draws.integers(0, 3)
             if shape == 0:

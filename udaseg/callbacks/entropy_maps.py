@@ -1,0 +1,73 @@
+"""Target entropy maps as images: the visual check that adaptation works (ADVENT's Fig. 1).
+
+After each validation, the first validation images are shown as rows of
+input | prediction | entropy map | ground truth, written to `<log_dir>/entropy_maps/` and, when a
+W&B logger is configured, logged as an image. Confident (low-entropy) regions are dark.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from udaseg.data.transforms import denormalize
+from udaseg.losses import entropy_map
+from udaseg.visualize import colorize, heatmap
+
+
+class EntropyMaps(pl.Callback):
+    """Args:
+        num_images: rows per figure (taken from the first validation batches).
+        normalization: how the data module normalised inputs (to show them in colour).
+    """
+
+    def __init__(self, num_images: int = 4, normalization: str = "imagenet") -> None:
+        self.num_images = num_images
+        self.normalization = normalization
+        self._rows: list[np.ndarray] = []
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._rows = []
+
+    @torch.no_grad()
+    def on_validation_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule,
+                                outputs: object, batch: dict, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        missing = self.num_images - len(self._rows)
+        if missing <= 0 or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        images, labels = batch["image"][:missing], batch["label"][:missing]
+        size = tuple(images.shape[-2:])
+        probabilities = F.softmax(module.predict_logits(images, size).float(), dim=1)
+        entropy = entropy_map(probabilities).sum(dim=1).cpu().numpy()  # in [0, 1]
+        predictions = probabilities.argmax(dim=1).cpu().numpy().astype(np.uint8)
+        inputs = denormalize(images, self.normalization)
+        for index in range(len(images)):
+            truth = labels[index].cpu().numpy().astype(np.uint8)
+            truth = cv2.resize(truth, size[::-1], interpolation=cv2.INTER_NEAREST)
+            self._rows.append(np.concatenate([inputs[index], colorize(predictions[index]),
+                                              heatmap(entropy[index]), colorize(truth)], axis=1))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not self._rows or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        figure = np.concatenate(self._rows, axis=0)
+        # Not trainer.log_dir: that is a collective under DDP and this runs on rank 0 only.
+        log_dir = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir
+        directory = Path(log_dir) / "entropy_maps"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"iteration_{trainer.global_step:07d}.png"
+        handle, temporary = tempfile.mkstemp(dir=directory, suffix=".png")
+        os.close(handle)
+        cv2.imwrite(temporary, cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
+        os.replace(temporary, path)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="val/entropy_maps", images=[figure], step=trainer.global_step)
