@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=101, choices=[18, 34, 50, 101])
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--num-classes", type=int, default=19)
+    parser.add_argument("--discriminator-width", type=int, default=64)
     parser.add_argument("--source", type=int, nargs=2, default=[256, 512], metavar=("H", "W"))
     parser.add_argument("--target", type=int, nargs=2, default=None, metavar=("H", "W"))
     parser.add_argument("--batch-size", type=int, default=1)
@@ -65,8 +66,10 @@ def main() -> None:
     args = parser.parse_args()
 
     method_class = getattr(methods, args.method)
+    extra = ({"discriminator_width": args.discriminator_width}
+             if issubclass(method_class, methods.AdversarialMethod) else {})
     method = method_class(num_classes=args.num_classes,
-                          segmenter=SegmenterConfig(depth=args.depth, width=args.width))
+                          segmenter=SegmenterConfig(depth=args.depth, width=args.width), **extra)
     timer = Timer(args.device)
     trainer = pl.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
                          precision=args.precision, max_steps=args.warmup + args.iterations,

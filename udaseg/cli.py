@@ -6,7 +6,7 @@ from typing import Optional
 
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from udaseg.callbacks import IoUReport
+from udaseg.callbacks import IoUReport, PredictionWriter
 from udaseg.data import UDADataModule
 from udaseg.methods import UDAMethod
 
@@ -21,6 +21,8 @@ class UDASegCLI(LightningCLI):
                                   apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.seed")
         parser.add_lightning_class_args(IoUReport, "iou_report")
+        # `udaseg predict ... --predictions.output_dir out/ --predictions.save_train_ids true`
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
 
 
 def main(args: Optional[list[str]] = None) -> None:

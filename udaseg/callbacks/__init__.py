@@ -2,5 +2,6 @@
 
 from udaseg.callbacks.entropy_maps import EntropyMaps
 from udaseg.callbacks.iou_report import IoUReport
+from udaseg.callbacks.prediction_writer import PredictionWriter
 
-__all__ = ["EntropyMaps", "IoUReport"]
+__all__ = ["EntropyMaps", "IoUReport", "PredictionWriter"]

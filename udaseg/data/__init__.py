@@ -1,6 +1,6 @@
 """Datasets, transforms and the paired source/target data module."""
 
-from udaseg.data.base import ImageLabelDataset, SegmentationDataset
+from udaseg.data.base import ImageFolder, ImageLabelDataset, SegmentationDataset
 from udaseg.data.cityscapes import Cityscapes
 from udaseg.data.classes import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAIN_ID, IGNORE_INDEX
 from udaseg.data.crosscity import CROSSCITY_13, CrossCity
@@ -13,7 +13,7 @@ from udaseg.data.transforms import Augmentation, TransformedDataset, denormalize
 
 __all__ = [
     "CROSSCITY_13", "Cityscapes", "CrossCity", "GTA5", "SYNTHIA_13", "SYNTHIA_16",
-    "SynthiaRandCityscapes", "Augmentation", "CITYSCAPES_CLASSES", "CITYSCAPES_ID_TO_TRAIN_ID", "IGNORE_INDEX",
+    "SynthiaRandCityscapes", "Augmentation", "ImageFolder", "CITYSCAPES_CLASSES", "CITYSCAPES_ID_TO_TRAIN_ID", "IGNORE_INDEX",
     "ImageLabelDataset", "InfiniteShardedSampler", "SYNTHETIC_CLASSES", "SegmentationDataset",
     "SyntheticStreets", "TransformedDataset", "UDADataModule", "denormalize", "normalize",
 ]

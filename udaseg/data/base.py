@@ -197,6 +197,33 @@ def read_name_list(list_file: str | Path, root: Path) -> list[str]:
     return names
 
 
+class ImageFolder(SegmentationDataset):
+    """Unlabelled images in a folder (sorted), for `udaseg predict`.
+
+    Args:
+        root: the folder (absolute, or relative to $UDASEG_DATA_ROOT like every dataset root).
+        pattern: glob of the image files, e.g. "*.png" or "**/*_leftImg8bit.png".
+    """
+
+    has_labels = False
+
+    def __init__(self, root: str, pattern: str = "*.png") -> None:
+        self.root = resolve_root(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"ImageFolder: {self.root} does not exist or is not a folder")
+        self.paths = sorted(path for path in self.root.glob(pattern) if path.is_file())
+        if not self.paths:
+            raise ValueError(f"ImageFolder: no file matches {pattern!r} under {self.root}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        return {"image": ImageLabelDataset.read_image(path),
+                "name": str(path.relative_to(self.root).with_suffix(""))}
+
+
 def check_same_classes(datasets: Sequence[tuple[str, SegmentationDataset]]) -> tuple[str, ...]:
     """All streams must predict in the same label space; say which one differs if not."""
     (first_key, first), *rest = datasets

@@ -32,6 +32,7 @@ class UDADataModule(pl.LightningDataModule):
         target: unlabelled training set of the target domain; its labels are never loaded.
         val: labelled evaluation set of the target domain used during `fit` and `validate`.
         test: labelled held-out set for `test` (defaults to `val`).
+        predict: images to segment with `udaseg predict` (e.g. `udaseg.data.ImageFolder`).
         source_augmentation / target_augmentation: per-stream augmentation.
         eval_augmentation: evaluation-time resize; labels stay at full resolution.
         normalization: "imagenet" (torchvision weights) or "caffe_bgr" (official DeepLab init).
@@ -47,6 +48,7 @@ class UDADataModule(pl.LightningDataModule):
         target: Optional[SegmentationDataset] = None,
         val: Optional[SegmentationDataset] = None,
         test: Optional[SegmentationDataset] = None,
+        predict: Optional[SegmentationDataset] = None,
         source_augmentation: Augmentation = Augmentation(),
         target_augmentation: Augmentation = Augmentation(),
         eval_augmentation: Augmentation = Augmentation(resize_label=False),
@@ -67,6 +69,7 @@ class UDADataModule(pl.LightningDataModule):
                 raise ValueError(f"data.{key} ({type(dataset).__name__}) has no labels, "
                                  "but that stream needs them")
         self.source, self.target, self.val, self.test = source, target, val, test
+        self.predict = predict
         self.source_augmentation = source_augmentation
         self.target_augmentation = target_augmentation
         self.eval_augmentation = eval_augmentation
@@ -126,10 +129,12 @@ class UDADataModule(pl.LightningDataModule):
         # Both streams are endless, so "min_size" simply zips them.
         return CombinedLoader(loaders, mode="min_size")
 
-    def eval_loader(self, key: str, dataset: Optional[SegmentationDataset]) -> DataLoader:
+    def eval_loader(self, key: str, dataset: Optional[SegmentationDataset],
+                    keep_label: bool = True) -> DataLoader:
         if dataset is None:
             raise ValueError(f"no data.{key} set is configured")
-        transformed = TransformedDataset(dataset, self.eval_augmentation, self.normalization)
+        transformed = TransformedDataset(dataset, self.eval_augmentation, self.normalization,
+                                         keep_label=keep_label)
         rank, world_size = self._rank_and_world()
         # Unrepeated: every image is evaluated exactly once, even if the set does not divide
         # by the world size (the default DistributedSampler pads and skews the IoU).
@@ -144,3 +149,6 @@ class UDADataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_loader("test", self.test or self.val)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.eval_loader("predict", self.predict, keep_label=False)

@@ -121,6 +121,7 @@ class TransformedDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.dataset[index]
         image, label = sample["image"], sample.get("label")
+        original_size = torch.tensor(image.shape[:2])
         if label is None and self.keep_label:
             raise ValueError(f"{type(self.dataset).__name__} returned no label for "
                              f"{sample.get('name', index)!r}, but this stream needs labels")
@@ -133,7 +134,8 @@ class TransformedDataset(torch.utils.data.Dataset):
             image, label = out["image"], out["mask"]
         else:
             image = self.pipeline(image=image)["image"]
-        item = {"image": normalize(image, self.normalization), "name": sample["name"]}
+        item = {"image": normalize(image, self.normalization), "name": sample["name"],
+                "original_size": original_size}
         if keep:
             item["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
         return item

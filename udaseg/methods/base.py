@@ -275,6 +275,12 @@ class UDAMethod(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._finish_evaluation("val", self.val_confusion)
 
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Train-id maps at each image's original size (one size per batch)."""
+        height, width = (int(value) for value in batch["original_size"][0])
+        logits = self.predict_logits(batch["image"], (height, width))
+        return {"prediction": logits.argmax(dim=1).to(torch.uint8), "name": batch["name"]}
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate_batch(batch, self.test_confusion)
 

@@ -1,0 +1,49 @@
+"""Writes `udaseg predict` outputs: colour-coded PNGs (Cityscapes palette) and train-id PNGs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+
+from udaseg.visualize import colorize
+
+
+def write_png_atomic(path: Path, image: np.ndarray) -> None:
+    """Temporary file + rename: an interrupted run never leaves a truncated PNG behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(handle)
+    try:
+        if not cv2.imwrite(temporary, image):
+            raise OSError(f"cannot write {path}")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+class PredictionWriter(pl.Callback):
+    """Args:
+        output_dir: where `<name>_color.png` (and `<name>_trainIds.png`) go; names keep the
+            input's sub-folders.
+        save_train_ids: also write single-channel train-id PNGs (255 = none), e.g. for scoring.
+    """
+
+    def __init__(self, output_dir: str = "predictions", save_train_ids: bool = False) -> None:
+        self.output_dir = Path(output_dir)
+        self.save_train_ids = save_train_ids
+
+    def on_predict_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule,
+                             outputs: dict, batch: dict, batch_idx: int,
+                             dataloader_idx: int = 0) -> None:
+        for prediction, name in zip(outputs["prediction"].cpu().numpy(), outputs["name"]):
+            colour = cv2.cvtColor(colorize(prediction), cv2.COLOR_RGB2BGR)
+            write_png_atomic(self.output_dir / f"{name}_color.png", colour)
+            if self.save_train_ids:
+                write_png_atomic(self.output_dir / f"{name}_trainIds.png", prediction)
