@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from unittest import mock
 
 import pytest
 import pytorch_lightning as pl
@@ -93,3 +94,14 @@ def test_mixed_precision_with_two_optimizer_groups(precision):
     assert trainer.global_step == 2
     assert all(torch.isfinite(tensor).all() for tensor in method.state_dict().values()
                if tensor.is_floating_point())
+
+
+def test_adaptation_warmup_ramps_the_target_loss_weight():
+    method = tiny_method(MinEnt, adaptation_warmup=4)
+    weights = []
+    for step in (0, 2, 4, 8):
+        with mock.patch.object(MinEnt, "global_step", new_callable=mock.PropertyMock,
+                               return_value=step):
+            weights.append(method.adaptation_weight)
+    assert weights == [0.0, 0.5, 1.0, 1.0]
+    assert tiny_method(MinEnt).adaptation_weight == 1.0, "no warm-up: the papers' setting"

@@ -8,7 +8,7 @@ from udaseg.compare import collect, main, summarize
 
 
 def write(root, name, version, miou, road):
-    path = root / name / f"version_{version}" / "test_metrics.json"
+    path = root / name / f"seed{version}" / "test_metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"iteration": 600, "mIoU": miou, "IoU/road": road}))
 

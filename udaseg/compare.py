@@ -2,8 +2,8 @@
 
     python -m udaseg.compare runs/ --stage test [--per-class] [--markdown]
 
-Reads `<root>/<run name>/version_*/<stage>_metrics.json` (written by the IoU report callback);
-each version of a run name counts as one seed.
+Reads `<root>/<run name>/<version>/<stage>_metrics.json` (written by the IoU report callback);
+each version of a run name (`version_0`, or `seed0` when named) counts as one seed.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from rich.table import Table
 def collect(root: Path, stage: str) -> dict[str, list[dict[str, float]]]:
     """Run name -> list of metric dicts, one per version that has `<stage>_metrics.json`."""
     runs: dict[str, list[dict[str, float]]] = {}
-    for path in sorted(root.glob(f"*/version_*/{stage}_metrics.json")):
+    for path in sorted(root.glob(f"*/*/{stage}_metrics.json")):
         runs.setdefault(path.parent.parent.name, []).append(json.loads(path.read_text()))
     if not runs:
-        raise FileNotFoundError(f"no */version_*/{stage}_metrics.json under {root}")
+        raise FileNotFoundError(f"no <run>/<version>/{stage}_metrics.json under {root}")
     return runs
 
 

@@ -55,7 +55,7 @@ class MinEnt(UDAMethod):
         for level, probability in probabilities.items():
             losses[f"ent_{level}"] = entropy_loss(probability)
             entropy_total = entropy_total + self.entropy_weights[level] * losses[f"ent_{level}"]
-        self.manual_backward(entropy_total)
+        self.manual_backward(self.adaptation_weight * entropy_total)
         return losses
 
 
@@ -93,7 +93,7 @@ class AdvEnt(AdversarialMethod):
                 losses[f"adv_{level}"] = self.fool_discriminator(level, target_maps[level])
                 adversarial_total = (adversarial_total
                                      + self.adversarial_weights[level] * losses[f"adv_{level}"])
-            self.manual_backward(adversarial_total)
+            self.manual_backward(self.adaptation_weight * adversarial_total)
         with torch.no_grad():  # the discriminators see detached maps only
             source_maps = {level: entropy_map(probability) for level, probability in
                            level_probabilities(source_outputs,

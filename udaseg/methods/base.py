@@ -85,6 +85,10 @@ class UDAMethod(pl.LightningModule):
         bn_stats: "batch" normalises with batch statistics during training and updates the
             running stats (what the official code does, since it calls `model.train()`);
             "frozen" keeps BN layers in eval mode (statistics of the initialisation).
+        adaptation_warmup: iterations over which the weight of every target (adaptation) loss
+            ramps linearly from 0 to 1. The papers start from ImageNet (or source-trained)
+            weights, so 0 reproduces them; a network trained from scratch needs a warm-up,
+            or the target losses reinforce its first, arbitrary predictions.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class UDAMethod(pl.LightningModule):
         optim: OptimConfig = OptimConfig(),
         aux_weight: float = 0.1,
         bn_stats: Literal["batch", "frozen"] = "batch",
+        adaptation_warmup: int = 0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -112,6 +117,7 @@ class UDAMethod(pl.LightningModule):
         self.optim_config = optim
         self.aux_weight = aux_weight
         self.bn_stats = bn_stats
+        self.adaptation_warmup = adaptation_warmup
         self.segmenter = self.build_segmenter()
         self.discriminators = self.build_discriminators()
         self.val_confusion = ConfusionMatrix(num_classes, ignore_index)
@@ -166,6 +172,13 @@ class UDAMethod(pl.LightningModule):
             raise ValueError("set trainer.max_steps (iterations) or model.init_args.optim.max_iters:"
                              " the poly schedule needs a horizon")
         return horizon
+
+    @property
+    def adaptation_weight(self) -> float:
+        """Multiplier of the target losses at this iteration (see `adaptation_warmup`)."""
+        if self.adaptation_warmup <= 0:
+            return 1.0
+        return min(1.0, self.global_step / self.adaptation_warmup)
 
     def set_learning_rates(self, optimizers: list) -> None:
         for optimizer in optimizers:
