@@ -99,6 +99,18 @@ class ImageLabelDataset(SegmentationDataset):
         return FileNotFoundError(f"{type(self).__name__}: image {image} has no label file "
                                  f"(expected {label}){self.expected_layout()}")
 
+    def pair_by_stem(self, images: Path, labels: Path,
+                     names: Sequence[str]) -> list[tuple[Path, Optional[Path]]]:
+        """Pair `images/<name>` with `labels/<stem>.png` (GTA5, SYNTHIA layouts)."""
+        label_names = set(os.listdir(labels)) if self.has_labels else set()
+        pairs: list[tuple[Path, Optional[Path]]] = []
+        for name in names:
+            label_name = Path(name).with_suffix(".png").name
+            if self.has_labels and label_name not in label_names:
+                raise self.missing_label(images / name, labels / label_name)
+            pairs.append((images / name, labels / label_name if self.has_labels else None))
+        return pairs
+
     def list_pairs(self) -> list[tuple[Path, Optional[Path]]]:
         """(image path, label path or None) for every sample of the split, in a fixed order."""
         raise NotImplementedError

@@ -91,14 +91,7 @@ class GTA5(ImageLabelDataset):
                     source = self.list_file if self.list_file is not None else "split.mat"
                     raise FileNotFoundError(f"GTA5: {source} names {name}, but image "
                                             f"{images / name} does not exist")
-        label_names = set(os.listdir(labels)) if self.has_labels else set()
-        pairs: list[tuple[Path, Optional[Path]]] = []
-        for name in names:
-            label_name = Path(name).with_suffix(".png").name
-            if self.has_labels and label_name not in label_names:
-                raise self.missing_label(images / name, labels / label_name)
-            pairs.append((images / name, labels / label_name if self.has_labels else None))
-        return pairs
+        return self.pair_by_stem(images, labels, names)
 
     def read_label_ids(self, path: Path) -> np.ndarray:
         """The palette indices of the label PNG (= Cityscapes label ids)."""

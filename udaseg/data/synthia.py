@@ -76,14 +76,7 @@ class SynthiaRandCityscapes(ImageLabelDataset):
                 if name not in present:
                     raise FileNotFoundError(f"SynthiaRandCityscapes: {self.list_file} names "
                                             f"{name}, but image {images / name} does not exist")
-        label_names = set(os.listdir(labels)) if self.has_labels else set()
-        pairs: list[tuple[Path, Optional[Path]]] = []
-        for name in names:
-            label_name = Path(name).with_suffix(".png").name
-            if self.has_labels and label_name not in label_names:
-                raise self.missing_label(images / name, labels / label_name)
-            pairs.append((images / name, labels / label_name if self.has_labels else None))
-        return pairs
+        return self.pair_by_stem(images, labels, names)
 
     def read_label_ids(self, path: Path) -> np.ndarray:
         """The R channel (class id) of the 16-bit label PNG, as uint16."""
