@@ -34,7 +34,7 @@ def test_streams_cycle_independently_and_target_has_no_labels():
                    for chunk in passes)
         assert len({tuple(chunk) for chunk in passes}) > 1, "each pass must be reshuffled"
     assert "label" not in batches[0]["target"]
-    assert set(batches[0]["target"]) == {"image", "name"}
+    assert set(batches[0]["target"]) == {"image", "name", "original_size"}
     assert batches[0]["source"]["label"].dtype == torch.long
 
 
