@@ -105,3 +105,16 @@ def test_adaptation_warmup_ramps_the_target_loss_weight():
             weights.append(method.adaptation_weight)
     assert weights == [0.0, 0.5, 1.0, 1.0]
     assert tiny_method(MinEnt).adaptation_weight == 1.0, "no warm-up: the papers' setting"
+
+
+def test_bn_stats_flag_batch_reproduces_official_train_mode_frozen_keeps_running_stats():
+    official, frozen = tiny_method(MinEnt), tiny_method(MinEnt, bn_stats="frozen")
+    frozen.load_state_dict(official.state_dict())
+    key = "segmenter.bn1.running_mean"
+    before = official.state_dict()[key].clone()
+    for method in (official, frozen):
+        fit(method, steps=1)
+    assert not torch.equal(official.state_dict()[key], before), "official: stats updated"
+    assert torch.equal(frozen.state_dict()[key], before), "frozen: stats untouched"
+    frozen.train()
+    assert not frozen.segmenter.bn1.training and frozen.segmenter.layer6.training

@@ -164,6 +164,11 @@ class UDAMethod(pl.LightningModule):
                     module.eval()
         return self
 
+    def on_train_start(self) -> None:
+        # Lightning never calls train() when fit starts (modules are built in train mode), so
+        # apply `bn_stats` here; evaluation loops restore each module's mode afterwards.
+        self.train()
+
     # ----------------------------------------------------------------- training loop
     @property
     def max_iters(self) -> int:
