@@ -22,6 +22,21 @@ from pathlib import Path
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
 
 
+def test(method: str, seed: int, out: Path, threads: int) -> None:
+    """`udaseg test` of the run's last checkpoint on the held-out target test split."""
+    config = CONFIGS / f"{method}.yaml"
+    checkpoint = out / "fit" / method / f"seed{seed}" / "checkpoints" / "last.ckpt"
+    command = [sys.executable, "-m", "udaseg.cli", "test", "--config", str(config),
+               "--ckpt_path", str(checkpoint), "--seed_everything", str(seed),
+               "--trainer.callbacks", "null", "--trainer.enable_progress_bar", "false",
+               "--trainer.logger.init_args.save_dir", str(out / "test"),
+               "--trainer.logger.init_args.name", method,
+               "--trainer.logger.init_args.version", f"seed{seed}"]
+    with open(out / "logs" / f"{method}_seed{seed}_test.log", "w") as log:
+        subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                       stdout=log, stderr=subprocess.STDOUT, check=True)
+
+
 def run(method: str, seed: int, out: Path, threads: int) -> str:
     config = CONFIGS / f"{method}.yaml"
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -38,12 +53,7 @@ def run(method: str, seed: int, out: Path, threads: int) -> str:
     with open(logs / f"{method}_seed{seed}_fit.log", "w") as log:
         subprocess.run(fit, env=environment, stdout=log, stderr=subprocess.STDOUT, check=True)
     fit_seconds = time.perf_counter() - start
-    checkpoint = out / "fit" / method / f"seed{seed}" / "checkpoints" / "last.ckpt"
-    test = [sys.executable, "-m", "udaseg.cli", "test", "--config", str(config),
-            "--ckpt_path", str(checkpoint),
-            "--trainer.logger.init_args.save_dir", str(out / "test"), *common]
-    with open(logs / f"{method}_seed{seed}_test.log", "w") as log:
-        subprocess.run(test, env=environment, stdout=log, stderr=subprocess.STDOUT, check=True)
+    test(method, seed, out, threads)
     return f"{method} seed {seed}: fit {fit_seconds:.0f} s"
 
 
@@ -54,12 +64,17 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/synthetic_table"))
+    parser.add_argument("--test-only", action="store_true",
+                        help="only re-run `udaseg test` on existing checkpoints")
     args = parser.parse_args()
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
     work = [(method, seed) for seed in args.seeds for method in args.methods]
     with ThreadPoolExecutor(args.jobs) as pool:
-        for line in pool.map(lambda item: run(*item, args.out, threads), work):
-            print(line, flush=True)
+        if args.test_only:
+            list(pool.map(lambda item: test(*item, args.out, threads), work))
+        else:
+            for line in pool.map(lambda item: run(*item, args.out, threads), work):
+                print(line, flush=True)
     from udaseg.compare import main as compare
     compare([str(args.out / "test"), "--stage", "test", "--per-class", "--markdown"])
 
