@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import wandb
 import yaml
 
 from udaseg.cli import main
@@ -98,3 +99,16 @@ def test_ensemble_validate_averages_checkpoints(tmp_path):
     ensemble = json.loads((tmp_path / "runs" / "tiny" / "version_1" /
                            "val_metrics.json").read_text())["mIoU"]
     assert ensemble == pytest.approx(single, abs=1e-4), "two copies of a model == the model"
+
+
+def test_wandb_logger_offline_writes_the_run_locally(tmp_path):
+    config = write_config(tmp_path, max_steps=2)
+    main(["fit", "--config", str(config),
+          "--trainer.logger", "pytorch_lightning.loggers.WandbLogger",
+          "--trainer.logger.offline", "true", "--trainer.logger.project", "udaseg-test",
+          "--trainer.logger.save_dir", str(tmp_path / "wb")])
+    wandb.finish()  # in-process: flush the run as a finished CLI process would
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, "offline mode keeps the run on disk for a later `wandb sync`"
+    run_data = next(runs[0].glob("run-*.wandb")).read_bytes()
+    assert b"val/IoU/road" in run_data and b"val/mIoU" in run_data
