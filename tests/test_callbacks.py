@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytorch_lightning as pl
+import pytest
 
 from tests.test_advent import tiny_data, tiny_method
 from udaseg.callbacks import EntropyMaps
+from udaseg.callbacks.files import write_json_atomic
 from udaseg.methods import SourceOnly
 from udaseg.visualize import CITYSCAPES_PALETTE, colorize
 
@@ -32,3 +36,13 @@ def test_colorize_uses_the_cityscapes_palette_and_black_for_ignore():
     assert tuple(colours[0, 0]) == (128, 64, 128) and tuple(colours[0, 1]) == (0, 0, 142)
     assert tuple(colours[1, 0]) == (0, 0, 0)
     assert tuple(colours[1, 1]) == tuple(CITYSCAPES_PALETTE[18])
+
+
+def test_failed_atomic_write_leaves_neither_file_nor_temporary(tmp_path):
+    target = tmp_path / "out" / "val_metrics.json"
+    with pytest.raises(TypeError):
+        write_json_atomic(target, {"mIoU": object()})  # not JSON-serialisable mid-write
+    assert list((tmp_path / "out").iterdir()) == []
+    write_json_atomic(target, {"mIoU": 1.5})
+    assert json.loads(target.read_text()) == {"mIoU": 1.5}
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["val_metrics.json"]

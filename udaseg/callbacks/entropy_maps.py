@@ -7,8 +7,6 @@ W&B logger is configured, logged as an image. Confident (low-entropy) regions ar
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -17,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from udaseg.callbacks.files import write_png_atomic
 from udaseg.data.transforms import denormalize
 from udaseg.losses import entropy_map
 from udaseg.visualize import colorize, heatmap
@@ -61,13 +60,8 @@ class EntropyMaps(pl.Callback):
         figure = np.concatenate(self._rows, axis=0)
         # Not trainer.log_dir: that is a collective under DDP and this runs on rank 0 only.
         log_dir = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir
-        directory = Path(log_dir) / "entropy_maps"
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"iteration_{trainer.global_step:07d}.png"
-        handle, temporary = tempfile.mkstemp(dir=directory, suffix=".png")
-        os.close(handle)
-        cv2.imwrite(temporary, cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
-        os.replace(temporary, path)
+        path = Path(log_dir) / "entropy_maps" / f"iteration_{trainer.global_step:07d}.png"
+        write_png_atomic(path, cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="val/entropy_maps", images=[figure], step=trainer.global_step)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -13,18 +10,7 @@ import pytorch_lightning as pl
 from rich.console import Console
 from rich.table import Table
 
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write via a temporary file + rename, so a crash never leaves a half-written result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+from udaseg.callbacks.files import write_json_atomic
 
 
 def iou_table(metrics: dict[str, float], title: str) -> Table:

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytorch_lightning as pl
 
+from udaseg.callbacks.files import write_png_atomic
 from udaseg.visualize import colorize
-
-
-def write_png_atomic(path: Path, image: np.ndarray) -> None:
-    """Temporary file + rename: an interrupted run never leaves a truncated PNG behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(handle)
-    try:
-        if not cv2.imwrite(temporary, image):
-            raise OSError(f"cannot write {path}")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 class PredictionWriter(pl.Callback):
