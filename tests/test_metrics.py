@@ -50,3 +50,10 @@ def test_poly_lr_values():
     assert poly_lr(2.5e-4, 50, 100) == pytest.approx(2.5e-4 * 0.5**0.9)
     assert poly_lr(1.0, 90, 100, power=0.9) == pytest.approx(0.1**0.9)
     assert poly_lr(1.0, 100, 100) == 0.0 and poly_lr(1.0, 150, 100) == 0.0
+
+
+def test_poly_lr_linear_warmup_then_poly():
+    # CLAN: lr = base * it / warmup during the pre-heat, then the plain poly value.
+    assert poly_lr(1.0, 0, 100, warmup_iters=10) == 0.0
+    assert poly_lr(1.0, 5, 100, warmup_iters=10) == pytest.approx(0.5)
+    assert poly_lr(1.0, 10, 100, warmup_iters=10) == pytest.approx(0.9**0.9)

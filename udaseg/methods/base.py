@@ -54,7 +54,9 @@ class OptimConfig:
         lr: SGD learning rate of the backbone; classifiers get `classifier_lr_mult` times it.
         max_iters: horizon of the poly schedule; defaults to `trainer.max_steps`. ADVENT decays
             over 250k iterations but stops at 120k: set 250000 here and max_steps 120000.
-        discriminator_lr, discriminator_betas: Adam for each discriminator, same poly schedule.
+        warmup_iters: linear warm-up `lr * iteration / warmup_iters` before the poly schedule
+            takes over (CLAN warms up over its pre-heat); 0 = poly from the first iteration.
+        discriminator_lr, discriminator_betas: Adam for each discriminator, same schedule.
     """
 
     lr: float = 2.5e-4
@@ -63,12 +65,20 @@ class OptimConfig:
     classifier_lr_mult: float = 10.0
     poly_power: float = 0.9
     max_iters: Optional[int] = None
+    warmup_iters: int = 0
     discriminator_lr: float = 1e-4
     discriminator_betas: tuple[float, float] = (0.9, 0.99)
 
 
-def poly_lr(base_lr: float, iteration: int, max_iters: int, power: float = 0.9) -> float:
-    """`base_lr * (1 - iteration / max_iters) ** power`, clamped at 0 past the horizon."""
+def poly_lr(base_lr: float, iteration: int, max_iters: int, power: float = 0.9,
+            warmup_iters: int = 0) -> float:
+    """`base_lr * (1 - iteration / max_iters) ** power`, clamped at 0 past the horizon.
+
+    With `warmup_iters > 0`, iterations before it use `base_lr * iteration / warmup_iters`
+    instead (CLAN's official `lr_warmup`), and poly takes over from there.
+    """
+    if iteration < warmup_iters:
+        return base_lr * max(iteration, 0) / warmup_iters
     progress = min(max(iteration, 0) / max_iters, 1.0)
     return base_lr * (1.0 - progress) ** power
 
@@ -186,10 +196,11 @@ class UDAMethod(pl.LightningModule):
         return min(1.0, self.global_step / self.adaptation_warmup)
 
     def set_learning_rates(self, optimizers: list) -> None:
+        config = self.optim_config
         for optimizer in optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], self.global_step, self.max_iters,
-                                      self.optim_config.poly_power)
+                                      config.poly_power, config.warmup_iters)
 
     def step_optimizers(self, optimizers: list) -> None:
         """Step the segmenter (counted as one iteration) and then every discriminator."""
@@ -229,12 +240,20 @@ class UDAMethod(pl.LightningModule):
         """
         raise NotImplementedError
 
+    def source_pixel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Loss of one level's (N, C, h, w) logits against (N, H, W) labels: cross-entropy.
+
+        Methods that replace the source loss (Conservative Loss, CLAN's focal quirk) override
+        this; `supervised_loss` applies it to every level.
+        """
+        return segmentation_cross_entropy(logits, labels, self.ignore_index)
+
     def supervised_loss(self, outputs: SegOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """`CE(main) + aux_weight * CE(aux)` on labelled source pixels; entries for logging."""
-        losses = {"seg_main": segmentation_cross_entropy(outputs.main, labels, self.ignore_index)}
+        """`L(main) + aux_weight * L(aux)` on labelled source pixels (L = `source_pixel_loss`)."""
+        losses = {"seg_main": self.source_pixel_loss(outputs.main, labels)}
         total = losses["seg_main"]
         if outputs.aux is not None and self.aux_weight > 0:
-            losses["seg_aux"] = segmentation_cross_entropy(outputs.aux, labels, self.ignore_index)
+            losses["seg_aux"] = self.source_pixel_loss(outputs.aux, labels)
             total = total + self.aux_weight * losses["seg_aux"]
         losses["seg"] = total
         return losses
