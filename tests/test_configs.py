@@ -28,3 +28,24 @@ def test_config_resolves_with_a_seed(config, capsys):
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert isinstance(resolved["seed_everything"], int), "every config pins a seed"
     assert resolved["model"]["class_path"].startswith("udaseg.methods.")
+    # A dotted `trainer.key:` next to `trainer: file.yaml` silently drops the file's other keys.
+    assert resolved["trainer"]["val_check_interval"] is not None, "the trainer file applies"
+
+
+CITIES = sorted((CONFIGS / "cityscapes_to_crosscity" / "cities").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("city_config", CITIES, ids=lambda path: path.stem)
+def test_city_overlay_switches_every_cross_city_split(city_config, capsys):
+    run_config = CONFIGS / "cityscapes_to_crosscity" / "maxsquare.yaml"
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(run_config), "--config", str(city_config), "--print_config"])
+    data = yaml.safe_load(capsys.readouterr().out)["data"]
+    cities = {split: data[split]["init_args"]["city"] for split in ("target", "val", "test")}
+    assert set(cities.values()) == {city_config.stem.capitalize()}, cities
+    assert data["target"]["init_args"]["split"] == "train"
+    assert data["test"]["init_args"]["split"] == "test"
+
+
+def test_all_four_cross_city_cities_have_an_overlay():
+    assert [path.stem for path in CITIES] == ["rio", "rome", "taipei", "tokyo"]

@@ -14,19 +14,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from udaseg.losses import entropy_loss, entropy_map, upsample_logits
-from udaseg.methods.adversarial import AdversarialMethod
-from udaseg.methods.base import UDAMethod
-from udaseg.models import SegOutput
-
-
-def level_probabilities(outputs: SegOutput, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Softmax of each level's logits, upsampled to the input size first (official order)."""
-    levels = {"main": outputs.main, "aux": outputs.aux}
-    return {level: F.softmax(upsample_logits(logits, size), dim=1)
-            for level, logits in levels.items() if logits is not None}
+from udaseg.losses import entropy_loss, entropy_map
+from udaseg.methods.adversarial import OutputSpaceAdversarial
+from udaseg.methods.base import UDAMethod, level_probabilities
 
 
 class MinEnt(UDAMethod):
@@ -59,44 +50,17 @@ class MinEnt(UDAMethod):
         return losses
 
 
-class AdvEnt(AdversarialMethod):
+class AdvEnt(OutputSpaceAdversarial):
     """Adversarial alignment of target entropy maps with source ones, one D per level.
 
-    Iteration (official order): source CE backward; with D frozen, target adversarial loss
-    `lambda_adv_main*bce(D_main(I_t_main), source) + lambda_adv_aux*bce(D_aux(I_t_aux), source)`
-    backward; then each D on detached source maps (label source) and detached target maps
-    (label target), halves, backward; finally the segmenter and the discriminators step.
+    The iteration of `OutputSpaceAdversarial` (the official ADVENT order) with the weighted
+    self-information map `I = entropy_map(p)` as the discriminators' input:
+    `lambda_adv_main*bce(D_main(I_t_main), source) + lambda_adv_aux*bce(D_aux(I_t_aux), source)`.
 
     Args:
         lambda_adv_main / lambda_adv_aux: adversarial weights (paper: 1e-3 and 2e-4).
         **kwargs: `AdversarialMethod` arguments.
     """
 
-    def __init__(self, lambda_adv_main: float = 1e-3, lambda_adv_aux: float = 2e-4,
-                 **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.adversarial_weights = {"main": lambda_adv_main, "aux": lambda_adv_aux}
-
-    def adaptation_step(self, source: dict, target: Optional[dict]) -> dict[str, torch.Tensor]:
-        if target is None:
-            raise ValueError("AdvEnt needs a target stream: set data.target")
-        with self.frozen_discriminators():
-            source_outputs = self.segmenter(source["image"])
-            losses = self.supervised_loss(source_outputs, source["label"])
-            self.manual_backward(losses["seg"])
-            target_outputs = self.segmenter(target["image"])
-            target_maps = {level: entropy_map(probability) for level, probability in
-                           level_probabilities(target_outputs,
-                                               tuple(target["image"].shape[-2:])).items()}
-            adversarial_total = 0.0
-            for level in self.discriminators:
-                losses[f"adv_{level}"] = self.fool_discriminator(level, target_maps[level])
-                adversarial_total = (adversarial_total
-                                     + self.adversarial_weights[level] * losses[f"adv_{level}"])
-            self.manual_backward(self.adaptation_weight * adversarial_total)
-        with torch.no_grad():  # the discriminators see detached maps only
-            source_maps = {level: entropy_map(probability) for level, probability in
-                           level_probabilities(source_outputs,
-                                               tuple(source["image"].shape[-2:])).items()}
-        losses.update(self.train_discriminators(source_maps, target_maps))
-        return losses
+    def discriminator_input(self, probability: torch.Tensor) -> torch.Tensor:
+        return entropy_map(probability)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Optional
 
 import torch
 from torch import nn
 
 from udaseg.losses import bce_with_constant
-from udaseg.methods.base import UDAMethod
-from udaseg.models import FCDiscriminator
+from udaseg.methods.base import UDAMethod, level_probabilities
+from udaseg.models import FCDiscriminator, SegOutput
 
 SOURCE_LABEL = 0.0
 TARGET_LABEL = 1.0
@@ -81,4 +82,56 @@ class AdversarialMethod(UDAMethod):
                                             TARGET_LABEL) / 2
             self.manual_backward(target_loss)
             losses[f"disc_{level}"] = source_loss.detach() + target_loss.detach()
+        return losses
+
+
+class OutputSpaceAdversarial(AdversarialMethod):
+    """Multi-level output-space adversarial training (AdaptSegNet's scheme; ADVENT's order).
+
+    One iteration: with the discriminators frozen, the source loss (`supervised_loss`) backward,
+    then `sum_level lambda_adv[level] * bce(D_level(m_t[level]), source)` backward, where
+    `m = discriminator_input(softmax(upsampled logits))`; then each discriminator on detached
+    source maps (label source) and detached target maps (label target), halves, backward;
+    finally the segmenter and the discriminators step (base loop).
+
+    Used directly, `m` is the softmax map: AdaptSegNet (Tsai et al., CVPR 2018). AdvEnt feeds
+    entropy maps; Conservative Loss replaces the source loss.
+
+    Args:
+        lambda_adv_main / lambda_adv_aux: adversarial weights (1e-3 and 2e-4 in AdaptSegNet and
+            ADVENT).
+        **kwargs: `AdversarialMethod` arguments.
+    """
+
+    def __init__(self, lambda_adv_main: float = 1e-3, lambda_adv_aux: float = 2e-4,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.adversarial_weights = {"main": lambda_adv_main, "aux": lambda_adv_aux}
+
+    def discriminator_input(self, probability: torch.Tensor) -> torch.Tensor:
+        """The map a discriminator sees, from a (N, C, H, W) softmax; the softmax itself here."""
+        return probability
+
+    def level_maps(self, outputs: SegOutput, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        return {level: self.discriminator_input(probability)
+                for level, probability in level_probabilities(outputs, size).items()}
+
+    def adaptation_step(self, source: dict, target: Optional[dict]) -> dict[str, torch.Tensor]:
+        if target is None:
+            raise ValueError(f"{type(self).__name__} needs a target stream: set data.target")
+        with self.frozen_discriminators():
+            source_outputs = self.segmenter(source["image"])
+            losses = self.supervised_loss(source_outputs, source["label"])
+            self.manual_backward(losses["seg"])
+            target_maps = self.level_maps(self.segmenter(target["image"]),
+                                          tuple(target["image"].shape[-2:]))
+            adversarial_total = 0.0
+            for level in self.discriminators:
+                losses[f"adv_{level}"] = self.fool_discriminator(level, target_maps[level])
+                adversarial_total = (adversarial_total
+                                     + self.adversarial_weights[level] * losses[f"adv_{level}"])
+            self.manual_backward(self.adaptation_weight * adversarial_total)
+        with torch.no_grad():  # the discriminators see detached maps only
+            source_maps = self.level_maps(source_outputs, tuple(source["image"].shape[-2:]))
+        losses.update(self.train_discriminators(source_maps, target_maps))
         return losses

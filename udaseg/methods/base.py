@@ -16,11 +16,13 @@ from typing import Literal, Optional
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from udaseg.losses import segmentation_cross_entropy, upsample_logits
 from udaseg.metrics import ConfusionMatrix, summarize
-from udaseg.models import DeepLabV2, SegOutput, load_imagenet_init, load_segmenter_checkpoint
+from udaseg.models import (DeepLabV2, DualClassifierDeepLab, SegOutput, load_imagenet_init,
+                           load_segmenter_checkpoint)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,10 @@ class SegmenterConfig:
         depth: ResNet depth (101 = the papers' DeepLabV2; 18 with a small width for CPU runs).
         width: stem channels (64 in the papers).
         multi_level: add the auxiliary classifier on layer3 (ADVENT/AdaptSegNet multi-level).
+            Only read by the "deeplabv2" architecture.
+        architecture: "deeplabv2" (one classifier on layer4, plus the layer3 one if
+            `multi_level`) or "dual_classifier" (CLAN: two classifiers `layer5`/`layer6` on
+            layer4, prediction = the sum of their logits; `multi_level` is ignored).
         pretrained: local path of ImageNet initialisation weights (torchvision or the official
             DeepLab `Scale.`-prefixed format); nothing is ever downloaded.
         pretrained_sha256: expected SHA-256 of that file (optional check).
@@ -41,6 +47,7 @@ class SegmenterConfig:
     depth: Literal[18, 34, 50, 101] = 101
     width: int = 64
     multi_level: bool = True
+    architecture: Literal["deeplabv2", "dual_classifier"] = "deeplabv2"
     pretrained: Optional[str] = None
     pretrained_sha256: Optional[str] = None
     init_checkpoint: Optional[str] = None
@@ -68,6 +75,18 @@ class OptimConfig:
     warmup_iters: int = 0
     discriminator_lr: float = 1e-4
     discriminator_betas: tuple[float, float] = (0.9, 0.99)
+
+
+# Lightning checkpoints pickle these configs in `hyper_parameters`; allowing them lets
+# `segmenter.init_checkpoint` read another run's checkpoint with `torch.load(weights_only=True)`.
+torch.serialization.add_safe_globals([SegmenterConfig, OptimConfig])
+
+
+def level_probabilities(outputs: SegOutput, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Softmax of each level's ("main", "aux") logits, upsampled to `size` first (official)."""
+    levels = {"main": outputs.main, "aux": outputs.aux}
+    return {level: F.softmax(upsample_logits(logits, size), dim=1)
+            for level, logits in levels.items() if logits is not None}
 
 
 def poly_lr(base_lr: float, iteration: int, max_iters: int, power: float = 0.9,
@@ -140,8 +159,11 @@ class UDAMethod(pl.LightningModule):
     # ----------------------------------------------------------------- construction
     def build_segmenter(self) -> nn.Module:
         config = self.segmenter_config
-        model = DeepLabV2(self.num_classes, multi_level=config.multi_level, depth=config.depth,
-                          width=config.width)
+        if config.architecture == "dual_classifier":
+            model = DualClassifierDeepLab(self.num_classes, depth=config.depth, width=config.width)
+        else:
+            model = DeepLabV2(self.num_classes, multi_level=config.multi_level, depth=config.depth,
+                              width=config.width)
         if config.pretrained:
             load_imagenet_init(model, config.pretrained, sha256=config.pretrained_sha256)
         if config.init_checkpoint:

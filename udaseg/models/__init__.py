@@ -2,6 +2,7 @@
 
 from udaseg.models.deeplabv2 import ClassifierASPP, DeepLabV2, SegOutput, seg_output_size
 from udaseg.models.discriminator import FCDiscriminator
+from udaseg.models.dual_classifier import DualClassifierDeepLab, DualOutput
 from udaseg.models.resnet import ResNetBackbone
 from udaseg.models.weights import (
     WeightsError,
@@ -13,6 +14,8 @@ from udaseg.models.weights import (
 __all__ = [
     "ClassifierASPP",
     "DeepLabV2",
+    "DualClassifierDeepLab",
+    "DualOutput",
     "FCDiscriminator",
     "ResNetBackbone",
     "SegOutput",
