@@ -101,6 +101,39 @@ def test_ensemble_validate_averages_checkpoints(tmp_path):
     assert ensemble == pytest.approx(single, abs=1e-4), "two copies of a model == the model"
 
 
+def test_ensemble_of_clan_checkpoints_builds_dual_classifier_members(tmp_path):
+    config = write_config(tmp_path, method="udaseg.methods.CLAN", max_steps=2)
+    main(["fit", "--config", str(config), "--model.init_args.discriminator_width", "8"])
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    checkpoint = str(run_dir / "checkpoints" / "last.ckpt")
+    single = json.loads((run_dir / "val_metrics.json").read_text())["mIoU"]
+    main(["validate", "--config", str(config), "--model", "udaseg.methods.Ensemble",
+          "--model.checkpoints", f"[{checkpoint}, {checkpoint}]",
+          "--model.segmenter.architecture", "dual_classifier"])
+    ensemble = json.loads((tmp_path / "runs" / "tiny" / "version_1" /
+                           "val_metrics.json").read_text())["mIoU"]
+    assert ensemble == pytest.approx(single, abs=1e-4)
+
+
+def test_method_starts_from_another_runs_last_checkpoint(tmp_path):
+    """MaxSquare's protocol: adapt a source-only run (weights only, via the config)."""
+    config = write_config(tmp_path, max_steps=3)
+    main(["fit", "--config", str(config)])
+    source_dir = tmp_path / "runs" / "tiny" / "version_0"
+    source_miou = json.loads((source_dir / "val_metrics.json").read_text())["mIoU"]
+    start = ["--config", str(config), "--model", "udaseg.methods.MaxSquare",
+             "--model.segmenter.init_checkpoint", str(source_dir / "checkpoints" / "last.ckpt")]
+    main(["validate", *start])
+    before_adaptation = json.loads((tmp_path / "runs" / "tiny" / "version_1" /
+                                    "val_metrics.json").read_text())
+    assert before_adaptation["mIoU"] == pytest.approx(source_miou, abs=1e-4)
+    assert before_adaptation["iteration"] == 0, "weights only: no iterations carried over"
+    main(["fit", *start, "--trainer.max_steps", "2"])
+    adapted = json.loads((tmp_path / "runs" / "tiny" / "version_2" /
+                          "val_metrics.json").read_text())
+    assert adapted["iteration"] == 2, "a fresh schedule, not a resumed one"
+
+
 def test_wandb_logger_offline_writes_the_run_locally(tmp_path):
     config = write_config(tmp_path, max_steps=2)
     main(["fit", "--config", str(config),

@@ -117,6 +117,27 @@ def test_classifier_sums_all_branches() -> None:
         assert torch.allclose(head(x), expected, atol=1e-6)
 
 
+def test_two_summed_branches_reproduce_maxsquare_code_with_the_same_keys(tmp_path: Path) -> None:
+    official_layout = DeepLabV2(num_classes=3, depth=18, width=8, aspp_summed_branches=2)
+    assert official_layout.state_dict().keys() == light(num_classes=3).state_dict().keys()
+    head = official_layout.layer5
+    x = torch.randn(1, head.conv2d_list[0].in_channels, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(head(x), head.conv2d_list[0](x) + head.conv2d_list[1](x),
+                              atol=1e-6)
+    # A MaxSquare release: `module.` prefix, all four convs stored.
+    checkpoint = tmp_path / "maxsquare.pth"
+    torch.save({f"module.{k}": v for k, v in official_layout.state_dict().items()}, checkpoint)
+    reloaded = DeepLabV2(num_classes=3, depth=18, width=8, aspp_summed_branches=2)
+    load_segmenter_checkpoint(reloaded, checkpoint)
+    images = torch.randn(1, 3, 32, 32)
+    official_layout.eval(), reloaded.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(images).main, official_layout(images).main)
+    with pytest.raises(ValueError, match="summed_branches"):
+        DeepLabV2(num_classes=3, depth=18, width=8, aspp_summed_branches=5)
+
+
 def test_single_level_has_no_layer5_and_no_aux() -> None:
     model = light(multi_level=False, num_classes=4)
     assert not any(k.startswith("layer5") for k in model.state_dict())

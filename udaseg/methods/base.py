@@ -37,6 +37,9 @@ class SegmenterConfig:
         architecture: "deeplabv2" (one classifier on layer4, plus the layer3 one if
             `multi_level`) or "dual_classifier" (CLAN: two classifiers `layer5`/`layer6` on
             layer4, prediction = the sum of their logits; `multi_level` is ignored).
+        aspp_summed_branches: "deeplabv2" only: sum only the first N of the four ASPP branches;
+            2 reproduces the AdaptSegNet/MaxSquare code (and their released checkpoints'
+            predictions); None sums all four (ADVENT, CLAN, the paper).
         pretrained: local path of ImageNet initialisation weights (torchvision or the official
             DeepLab `Scale.`-prefixed format); nothing is ever downloaded.
         pretrained_sha256: expected SHA-256 of that file (optional check).
@@ -48,6 +51,7 @@ class SegmenterConfig:
     width: int = 64
     multi_level: bool = True
     architecture: Literal["deeplabv2", "dual_classifier"] = "deeplabv2"
+    aspp_summed_branches: Optional[int] = None
     pretrained: Optional[str] = None
     pretrained_sha256: Optional[str] = None
     init_checkpoint: Optional[str] = None
@@ -80,6 +84,14 @@ class OptimConfig:
 # Lightning checkpoints pickle these configs in `hyper_parameters`; allowing them lets
 # `segmenter.init_checkpoint` read another run's checkpoint with `torch.load(weights_only=True)`.
 torch.serialization.add_safe_globals([SegmenterConfig, OptimConfig])
+
+
+def segmenter_network(config: SegmenterConfig, num_classes: int) -> nn.Module:
+    """The (randomly initialised) network `config.architecture` describes."""
+    if config.architecture == "dual_classifier":
+        return DualClassifierDeepLab(num_classes, depth=config.depth, width=config.width)
+    return DeepLabV2(num_classes, multi_level=config.multi_level, depth=config.depth,
+                     width=config.width, aspp_summed_branches=config.aspp_summed_branches)
 
 
 def level_probabilities(outputs: SegOutput, size: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -159,11 +171,7 @@ class UDAMethod(pl.LightningModule):
     # ----------------------------------------------------------------- construction
     def build_segmenter(self) -> nn.Module:
         config = self.segmenter_config
-        if config.architecture == "dual_classifier":
-            model = DualClassifierDeepLab(self.num_classes, depth=config.depth, width=config.width)
-        else:
-            model = DeepLabV2(self.num_classes, multi_level=config.multi_level, depth=config.depth,
-                              width=config.width)
+        model = segmenter_network(config, self.num_classes)
         if config.pretrained:
             load_imagenet_init(model, config.pretrained, sha256=config.pretrained_sha256)
         if config.init_checkpoint:

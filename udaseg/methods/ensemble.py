@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from udaseg.losses import upsample_logits
-from udaseg.methods.base import UDAMethod
-from udaseg.models import DeepLabV2, load_segmenter_checkpoint
+from udaseg.methods.base import UDAMethod, segmenter_network
+from udaseg.models import load_segmenter_checkpoint
 
 
 class Ensemble(UDAMethod):
@@ -20,7 +20,8 @@ class Ensemble(UDAMethod):
 
     Args:
         checkpoints: local paths of the members: udaseg/Lightning checkpoints or released plain
-            DeepLabV2 state dicts (e.g. `GTA2Cityscapes_AdvEnt.pth`); all built with `segmenter`.
+            DeepLabV2 state dicts (e.g. `GTA2Cityscapes_AdvEnt.pth`); all built with `segmenter`
+            (`architecture: dual_classifier` for CLAN members).
         weights: optional per-member weights (normalised), equal by default.
         **kwargs: `UDAMethod` arguments (`segmenter` describes the members' architecture).
     """
@@ -41,8 +42,7 @@ class Ensemble(UDAMethod):
         config = self.segmenter_config
         members = nn.ModuleList()
         for path in self.checkpoints:
-            member = DeepLabV2(self.num_classes, multi_level=config.multi_level,
-                               depth=config.depth, width=config.width)
+            member = segmenter_network(config, self.num_classes)
             load_segmenter_checkpoint(member, path)
             members.append(member.eval())
         return members

@@ -5,8 +5,9 @@ The paper adapts a source-only model: set `segmenter.init_checkpoint` to the sou
 `last.ckpt` (weights only; optimisers and the poly schedule start fresh), as the real-benchmark
 configs do. Official-code choices (README "Official quirks"):
 - The MaxSquare DeepLabV2 sums only the dilation-6 and -12 classifier branches (a `return`
-  inside the loop); we sum all four like ADVENT and CLAN. Their released checkpoints need
-  `DeepLabV2(aspp_dilations=(6, 12))` to load.
+  inside the loop); we sum all four like ADVENT and CLAN by default. Their released
+  checkpoints (all four convs stored, `module.` prefix) load as they are; evaluate or adapt
+  them with `segmenter.aspp_summed_branches: 2` to get their predictions.
 - `IW_MaxSquareloss` only runs with batch size 1; `iw_maxsquare_loss` generalises it to any
   batch (mean over images of the single-image value).
 - Their code's guidance threshold default is 0.98; the paper and its best command use 0.95.

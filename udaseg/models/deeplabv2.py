@@ -39,14 +39,20 @@ def seg_output_size(size: int) -> int:
 class ClassifierASPP(nn.Module):
     """DeepLabV2 classifier: parallel dilated 3x3 convs (with bias) whose outputs are summed.
 
-    All branches are summed, as in ADVENT and CLAN (the AdaptSegNet/MaxSquare code returns after
-    the second branch; pass `dilations=(6, 12)` only if you want that behaviour *and* its keys).
+    All branches are summed, as in ADVENT and CLAN. `summed_branches=2` reproduces the
+    AdaptSegNet/MaxSquare code, whose `return` inside the summing loop uses only the first two
+    (dilations 6 and 12): every conv still exists, so their checkpoints load key for key.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, dilations: Sequence[int]) -> None:
+    def __init__(self, in_channels: int, num_classes: int, dilations: Sequence[int],
+                 summed_branches: Optional[int] = None) -> None:
         super().__init__()
         if not dilations:
             raise ValueError("ClassifierASPP needs at least one dilation")
+        if summed_branches is not None and not 1 <= summed_branches <= len(dilations):
+            raise ValueError(f"summed_branches must be between 1 and {len(dilations)}, "
+                             f"got {summed_branches}")
+        self.summed_branches = summed_branches or len(dilations)
         self.conv2d_list = nn.ModuleList(
             nn.Conv2d(in_channels, num_classes, kernel_size=3, padding=d, dilation=d, bias=True)
             for d in dilations
@@ -57,7 +63,7 @@ class ClassifierASPP(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         out = self.conv2d_list[0](features)
-        for conv in self.conv2d_list[1:]:
+        for conv in self.conv2d_list[1:self.summed_branches]:
             out = out + conv(features)
         return out
 
@@ -73,13 +79,16 @@ class DeepLabV2(ResNetBackbone):
         width: stem channels (64 for the real network); smaller values give light CPU models.
         aspp_dilations: dilations of the summed 3x3 classifier branches, (6, 12, 18, 24) in the
             paper.
+        aspp_summed_branches: how many of them are summed (all by default; 2 = the
+            AdaptSegNet/MaxSquare code's behaviour, see `ClassifierASPP`).
 
     With the defaults the state dict has 640 entries (328 parameters, 312 BN buffers) and the
     model has 44,601,560 parameters, exactly like the official `get_deeplab_v2()`.
     """
 
     def __init__(self, num_classes: int = 19, multi_level: bool = True, depth: int = 101,
-                 width: int = 64, aspp_dilations: tuple[int, ...] = (6, 12, 18, 24)) -> None:
+                 width: int = 64, aspp_dilations: tuple[int, ...] = (6, 12, 18, 24),
+                 aspp_summed_branches: Optional[int] = None) -> None:
         super().__init__(depth=depth, width=width)
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
@@ -88,10 +97,11 @@ class DeepLabV2(ResNetBackbone):
         self.aspp_dilations = tuple(aspp_dilations)
         layer3_channels, layer4_channels = self.out_channels
         self.layer5: Optional[ClassifierASPP] = (
-            ClassifierASPP(layer3_channels, num_classes, self.aspp_dilations)
+            ClassifierASPP(layer3_channels, num_classes, self.aspp_dilations, aspp_summed_branches)
             if multi_level else None
         )
-        self.layer6 = ClassifierASPP(layer4_channels, num_classes, self.aspp_dilations)
+        self.layer6 = ClassifierASPP(layer4_channels, num_classes, self.aspp_dilations,
+                                     aspp_summed_branches)
 
     def forward(self, images: torch.Tensor) -> SegOutput:
         """(N, 3, H, W) normalised images -> SegOutput of 1/8-resolution logits."""
