@@ -16,45 +16,55 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
 
 
-def test(method: str, seed: int, out: Path, threads: int) -> None:
+def last_checkpoint(name: str, seed: int, out: Path) -> Path:
+    return out / "fit" / name / f"seed{seed}" / "checkpoints" / "last.ckpt"
+
+
+def test(method: str, seed: int, out: Path, threads: int, name: str | None = None,
+         extra: Sequence[str] = ()) -> None:
     """`udaseg test` of the run's last checkpoint on the held-out target test split."""
+    name = name or method
     config = CONFIGS / f"{method}.yaml"
-    checkpoint = out / "fit" / method / f"seed{seed}" / "checkpoints" / "last.ckpt"
     command = [sys.executable, "-m", "udaseg.cli", "test", "--config", str(config),
-               "--ckpt_path", str(checkpoint), "--seed_everything", str(seed),
+               "--ckpt_path", str(last_checkpoint(name, seed, out)),
+               "--seed_everything", str(seed),
                "--trainer.callbacks", "null", "--trainer.enable_progress_bar", "false",
                "--trainer.logger.init_args.save_dir", str(out / "test"),
-               "--trainer.logger.init_args.name", method,
-               "--trainer.logger.init_args.version", f"seed{seed}"]
-    with open(out / "logs" / f"{method}_seed{seed}_test.log", "w") as log:
+               "--trainer.logger.init_args.name", name,
+               "--trainer.logger.init_args.version", f"seed{seed}", *extra]
+    with open(out / "logs" / f"{name}_seed{seed}_test.log", "w") as log:
         subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
                        stdout=log, stderr=subprocess.STDOUT, check=True)
 
 
-def run(method: str, seed: int, out: Path, threads: int) -> str:
+def run(method: str, seed: int, out: Path, threads: int, name: str | None = None,
+        extra: Sequence[str] = ()) -> str:
+    """Fit `configs/synthetic/<method>.yaml` (plus `extra` CLI overrides) as run `name`, test it."""
+    name = name or method
     config = CONFIGS / f"{method}.yaml"
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    common = ["--seed_everything", str(seed), "--trainer.logger.init_args.name", method,
+    common = ["--seed_everything", str(seed), "--trainer.logger.init_args.name", name,
               "--trainer.logger.init_args.version", f"seed{seed}",
-              "--trainer.enable_progress_bar", "false"]
+              "--trainer.enable_progress_bar", "false", *extra]
     start = time.perf_counter()
     fit = [sys.executable, "-m", "udaseg.cli", "fit", "--config", str(config),
            "--trainer.logger.init_args.save_dir", str(out / "fit"),
            "--trainer.callbacks", "pytorch_lightning.callbacks.ModelCheckpoint",
            "--trainer.callbacks.save_last", "true", "--trainer.callbacks.save_top_k", "0", *common]
-    with open(logs / f"{method}_seed{seed}_fit.log", "w") as log:
+    with open(logs / f"{name}_seed{seed}_fit.log", "w") as log:
         subprocess.run(fit, env=environment, stdout=log, stderr=subprocess.STDOUT, check=True)
     fit_seconds = time.perf_counter() - start
-    test(method, seed, out, threads)
-    return f"{method} seed {seed}: fit {fit_seconds:.0f} s"
+    test(method, seed, out, threads, name, extra)
+    return f"{name} seed {seed}: fit {fit_seconds:.0f} s"
 
 
 def main() -> None:
