@@ -68,8 +68,11 @@ def main() -> None:
     method_class = getattr(methods, args.method)
     extra = ({"discriminator_width": args.discriminator_width}
              if issubclass(method_class, methods.AdversarialMethod) else {})
+    # CLAN's generator has two classifiers on layer4; every other method uses DeepLabV2.
+    architecture = "dual_classifier" if method_class is methods.CLAN else "deeplabv2"
     method = method_class(num_classes=args.num_classes,
-                          segmenter=SegmenterConfig(depth=args.depth, width=args.width), **extra)
+                          segmenter=SegmenterConfig(depth=args.depth, width=args.width,
+                                                    architecture=architecture), **extra)
     timer = Timer(args.device)
     trainer = pl.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
                          precision=args.precision, max_steps=args.warmup + args.iterations,
