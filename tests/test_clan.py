@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -17,7 +14,7 @@ import torch.nn.functional as F
 import yaml
 
 from tests.test_advent import tiny_data
-from tests.test_cli import write_config
+from tests.test_ddp import assert_identical_weights, fit_two_ranks
 from udaseg.losses import (
     bce_with_constant,
     focal_loss,
@@ -310,28 +307,13 @@ def test_segmentation_loss_flag_sums_focal_or_cross_entropy_over_both_classifier
 
 
 def test_clan_ddp_two_ranks_end_with_identical_weights(tmp_path):
-    config = write_config(tmp_path, method="udaseg.methods.CLAN", max_steps=3)
-    dump = tmp_path / "weights"
-    command = [sys.executable, "-m", "udaseg.cli", "fit", "--config", str(config),
-               "--trainer.strategy", "ddp_find_unused_parameters_true",
-               "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-               "--model.init_args.discriminator_width", "8",
-               "--model.init_args.preheat_iters", "1",   # both adversarial regimes run
-               "--model.init_args.detach_alignment_map", "false",
-               "--trainer.callbacks+=tests.ddp_probe.SaveRankWeights",
-               f"--trainer.callbacks.directory={dump}"]
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [torch.load(dump / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
-    assert [rank["world_size"] for rank in ranks] == [2, 2]
-    assert [rank["global_step"] for rank in ranks] == [3, 3]
-    weights = [rank["state_dict"] for rank in ranks]
-    assert "segmenter.layer6.conv2d_list.0.weight" in weights[0]
-    assert "segmenter.layer5.conv2d_list.0.weight" in weights[0]
-    for key, value in weights[0].items():
-        assert torch.equal(value, weights[1][key]), f"{key} differs between ranks"
+    ranks = fit_two_ranks(tmp_path, "udaseg.methods.CLAN",
+                          "--model.init_args.preheat_iters", "1",   # both adversarial regimes run
+                          "--model.init_args.detach_alignment_map", "false")
+    weights = ranks[0]["state_dict"]
+    assert "segmenter.layer6.conv2d_list.0.weight" in weights
+    assert "segmenter.layer5.conv2d_list.0.weight" in weights
+    assert_identical_weights(ranks)
 
 
 @pytest.mark.parametrize("benchmark, lambda_local", [("gta5_to_cityscapes", 40.0),

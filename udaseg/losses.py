@@ -158,15 +158,15 @@ def self_produced_guidance(main_prob: torch.Tensor, aux_prob: torch.Tensor,
 _PROBABILITY_FLOOR = 1e-6
 
 
-def _ground_truth_probability(logits: torch.Tensor, labels: torch.Tensor,
-                              ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _ground_truth_log_probability(logits: torch.Tensor, labels: torch.Tensor,
+                                  ignore_index: int) -> torch.Tensor:
     """log p_g of every labelled pixel (1-D), from logits upsampled to the label size."""
     logits = upsample_logits(logits, tuple(labels.shape[-2:]))
     valid = labels != ignore_index
     log_prob = F.log_softmax(logits.float(), dim=1)
     safe_labels = torch.where(valid, labels.long(), torch.zeros_like(labels.long()))
     log_p_g = log_prob.gather(1, safe_labels.unsqueeze(1)).squeeze(1)
-    return log_p_g[valid], valid
+    return log_p_g[valid]
 
 
 def conservative_weight(p_g: torch.Tensor, base: float = math.e,
@@ -199,7 +199,7 @@ def conservative_loss_published(logits: torch.Tensor, labels: torch.Tensor,
     a logit gradient that tends to -1/ln(a) instead of vanishing, so it keeps pushing confident
     logits apart. See `conservative_loss` for a form with the claimed behaviour.
     """
-    log_p_g, _ = _ground_truth_probability(logits, labels, ignore_index)
+    log_p_g = _ground_truth_log_probability(logits, labels, ignore_index)
     if log_p_g.numel() == 0:
         return logits.sum() * 0.0
     return conservative_weight(log_p_g.exp(), base, weight).mean()
@@ -219,7 +219,7 @@ def conservative_loss(logits: torch.Tensor, labels: torch.Tensor, base: float = 
     `-CL(p_g) * (1 - p_g)` tends to 0 as p_g -> 1. Logits (N, C, h, w) are upsampled to the
     (N, H, W) labels; returns a scalar (0 with a graph when no pixel is labelled).
     """
-    log_p_g, _ = _ground_truth_probability(logits, labels, ignore_index)
+    log_p_g = _ground_truth_log_probability(logits, labels, ignore_index)
     if log_p_g.numel() == 0:
         return logits.sum() * 0.0
     signed_weight = conservative_weight(log_p_g.detach().exp(), base, weight)

@@ -23,7 +23,7 @@ from udaseg.losses import (
     weighted_bce_with_constant,
 )
 from udaseg.methods.adversarial import SOURCE_LABEL, TARGET_LABEL, AdversarialMethod
-from udaseg.methods.base import SegmenterConfig
+from udaseg.methods.base import SegmenterConfig, level_probabilities
 from udaseg.models import DualOutput
 
 
@@ -162,8 +162,7 @@ class CLAN(AdversarialMethod):
             first, second = (F.softmax(upsample_logits(logits, target_size), dim=1)
                              for logits in (target_outputs.first, target_outputs.second))
             alignment_map = local_alignment_map(first, second)
-            target_probability = F.softmax(upsample_logits(target_outputs.main, target_size),
-                                           dim=1)
+            target_probability = level_probabilities(target_outputs, target_size)["main"]
             generator_map = alignment_map.detach() if self.detach_alignment_map else alignment_map
             losses["adv"] = self.adversarial_loss(target_probability, SOURCE_LABEL, generator_map)
             losses["weight_discrepancy"] = self.weight_discrepancy()
@@ -173,8 +172,7 @@ class CLAN(AdversarialMethod):
                 + self.lambda_weight * losses["weight_discrepancy"]))
 
         with torch.no_grad():  # the discriminator sees detached maps only
-            source_probability = F.softmax(upsample_logits(source_outputs.main, source_size),
-                                           dim=1)
+            source_probability = level_probabilities(source_outputs, source_size)["main"]
         losses["disc_source"] = bce_with_constant(self.discriminate(source_probability),
                                                   SOURCE_LABEL)
         self.manual_backward(losses["disc_source"])
