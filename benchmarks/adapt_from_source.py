@@ -32,7 +32,7 @@ def main() -> None:
 
     def adapt(item: tuple[str, int]) -> str:
         config, seed = item
-        start = ["--model.init_args.segmenter.init_checkpoint",
+        start = ["--model.init_args.weights.init_checkpoint",
                  str(last_checkpoint("source_only", seed, args.out)),
                  "--trainer.max_steps", str(args.adapt_iters),
                  "--model.init_args.adaptation_warmup", "0"]

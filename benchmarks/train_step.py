@@ -12,6 +12,7 @@ Lightning (manual optimisation, AMP) on random tensors; the median after warm-up
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import statistics
 import time
@@ -20,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 
 import udaseg.methods as methods
-from udaseg.methods import SegmenterConfig
+from udaseg.models.segmenter import resolve_class
 
 
 class Timer(pl.Callback):
@@ -52,6 +53,9 @@ def random_batches(args: argparse.Namespace, num_classes: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", default="AdvEnt", help="class in udaseg.methods")
+    parser.add_argument("--segmenter", default=None,
+                        help="segmenter class path (default: the method's own, e.g. CLAN's "
+                             "DualClassifierDeepLab); --depth/--width are passed to it")
     parser.add_argument("--depth", type=int, default=101, choices=[18, 34, 50, 101])
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--num-classes", type=int, default=19)
@@ -68,11 +72,10 @@ def main() -> None:
     method_class = getattr(methods, args.method)
     extra = ({"discriminator_width": args.discriminator_width}
              if issubclass(method_class, methods.AdversarialMethod) else {})
-    # CLAN's generator has two classifiers on layer4; every other method uses DeepLabV2.
-    architecture = "dual_classifier" if method_class is methods.CLAN else "deeplabv2"
-    method = method_class(num_classes=args.num_classes,
-                          segmenter=SegmenterConfig(depth=args.depth, width=args.width,
-                                                    architecture=architecture), **extra)
+    segmenter_class = (resolve_class(args.segmenter, "--segmenter") if args.segmenter
+                       else method_class.default_segmenter())
+    segmenter = functools.partial(segmenter_class, depth=args.depth, width=args.width)
+    method = method_class(num_classes=args.num_classes, segmenter=segmenter, **extra)
     timer = Timer(args.device)
     trainer = pl.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
                          precision=args.precision, max_steps=args.warmup + args.iterations,
@@ -86,9 +89,9 @@ def main() -> None:
         peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU (allocated)"
     else:
         peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS (process)"
-    print(f"{args.method} R{args.depth}/w{args.width} source {args.source} target "
-          f"{args.target or args.source} batch {args.batch_size} {args.precision} on "
-          f"{args.device} ({torch.get_num_threads()} threads): median "
+    print(f"{args.method} {segmenter_class.__name__} R{args.depth}/w{args.width} source "
+          f"{args.source} target {args.target or args.source} batch {args.batch_size} "
+          f"{args.precision} on {args.device} ({torch.get_num_threads()} threads): median "
           f"{statistics.median(measured):.3f} s/iteration over {len(measured)} "
           f"(min {min(measured):.3f}, max {max(measured):.3f}); peak {peak}")
 

@@ -1,30 +1,12 @@
-"""Shared fixtures: tiny in-memory datasets and an isolated W&B / Lightning environment."""
+"""Fixtures: an isolated W&B environment, and dataset trees in the published formats."""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
+
 import pytest
 
-from udaseg.data.base import SegmentationDataset
-
-
-class TinyDataset(SegmentationDataset):
-    """`size` random images whose name encodes the index; labels are the index modulo 3."""
-
-    class_names = ("a", "b", "c")
-    eval_subsets = {"mIoU": [0, 1, 2], "mIoU-2": [0, 1]}
-
-    def __init__(self, size: int, prefix: str, height: int = 8, width: int = 12) -> None:
-        self.size, self.prefix, self.height, self.width = size, prefix, height, width
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng(index)
-        image = rng.integers(0, 256, (self.height, self.width, 3), dtype=np.uint8)
-        label = np.full((self.height, self.width), index % 3, dtype=np.uint8)
-        return {"image": image, "label": label, "name": f"{self.prefix}{index}"}
+from tests.helpers import make_cityscapes_root, make_gta5_root, make_nthu_root, make_synthia_root
 
 
 @pytest.fixture(autouse=True)
@@ -33,3 +15,23 @@ def offline_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     for variable in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
         monkeypatch.setenv(variable, str(tmp_path / "wandb"))
+
+
+@pytest.fixture
+def gta5_root(tmp_path) -> Path:
+    return make_gta5_root(tmp_path / "GTA5")
+
+
+@pytest.fixture
+def cityscapes_root(tmp_path) -> Path:
+    return make_cityscapes_root(tmp_path / "cityscapes")
+
+
+@pytest.fixture
+def synthia_root(tmp_path) -> Path:
+    return make_synthia_root(tmp_path / "RAND_CITYSCAPES")
+
+
+@pytest.fixture
+def nthu_root(tmp_path) -> Path:
+    return make_nthu_root(tmp_path / "NTHU_Datasets")

@@ -9,33 +9,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from udaseg.data import SyntheticStreets, UDADataModule
-from udaseg.methods import AdvEnt, MinEnt, SegmenterConfig
-
-TINY = {"height": 32, "width": 64}
-
-
-def tiny_data(batch_size: int = 2) -> UDADataModule:
-    return UDADataModule(source=SyntheticStreets("synthetic", "train", 6, **TINY),
-                         target=SyntheticStreets("real", "train", 6, **TINY),
-                         val=SyntheticStreets("real", "val", 2, **TINY), batch_size=batch_size)
-
-
-def tiny_method(cls, **kwargs):
-    data = tiny_data()
-    return cls(num_classes=data.num_classes, class_names=list(data.class_names),
-               segmenter=SegmenterConfig(depth=18, width=8), discriminator_width=8,
-               **kwargs) if cls is AdvEnt else cls(
-        num_classes=data.num_classes, class_names=list(data.class_names),
-        segmenter=SegmenterConfig(depth=18, width=8), **kwargs)
-
-
-def fit(method, steps: int, **trainer_kwargs) -> pl.Trainer:
-    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, accelerator="cpu", devices=1, **trainer_kwargs)
-    trainer.fit(method, tiny_data())
-    return trainer
+from tests.helpers import fit, tiny_method
+from udaseg.methods import AdvEnt, MinEnt
 
 
 def test_generator_step_gives_no_gradient_to_the_frozen_discriminator():

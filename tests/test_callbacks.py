@@ -6,13 +6,15 @@ import json
 
 import cv2
 import numpy as np
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
 
-from tests.test_advent import tiny_data, tiny_method
+from tests.helpers import tiny_data, tiny_method
 from udaseg.callbacks import EntropyMaps
 from udaseg.callbacks.files import write_json_atomic
-from udaseg.methods import SourceOnly
+from udaseg.methods import Ensemble, SourceOnly
 from udaseg.visualize import CITYSCAPES_PALETTE, colorize
 
 
@@ -46,3 +48,32 @@ def test_failed_atomic_write_leaves_neither_file_nor_temporary(tmp_path):
     write_json_atomic(target, {"mIoU": 1.5})
     assert json.loads(target.read_text()) == {"mIoU": 1.5}
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["val_metrics.json"]
+
+
+def entropy_panel(method, tmp_path) -> np.ndarray:
+    trainer = pl.Trainer(logger=pl.loggers.CSVLogger(tmp_path), accelerator="cpu", devices=1,
+                         callbacks=[EntropyMaps(num_images=2)], enable_progress_bar=False)
+    trainer.validate(method, tiny_data())
+    figure = next((tmp_path / "lightning_logs" / "version_0" / "entropy_maps").glob("*.png"))
+    return cv2.imread(str(figure))[:, 2 * 64:3 * 64]
+
+
+def test_ensemble_predicts_log_averaged_probabilities_so_entropy_maps_are_right(tmp_path):
+    members = [tiny_method(SourceOnly) for _ in range(2)]
+    paths = []
+    for index, member in enumerate(members):
+        paths.append(tmp_path / f"member{index}.pth")
+        torch.save(member.segmenter.state_dict(), paths[-1])
+    ensemble = tiny_method(Ensemble, checkpoints=[str(path) for path in paths],
+                           member_weights=[1.0, 3.0]).eval()
+    images = torch.randn(2, 3, 32, 64)
+    with torch.no_grad():
+        averaged = sum(weight * F.softmax(member.eval().predict_logits(images, (32, 64)), dim=1)
+                       for weight, member in zip((0.25, 0.75), members, strict=True))
+        # Callers (entropy maps, any softmax) must get the average back from the "logits".
+        assert torch.allclose(F.softmax(ensemble.predict_logits(images, (32, 64)), dim=1),
+                              averaged, atol=1e-6)
+    # Two copies of one model are that model: the same entropy map, not a near-uniform one.
+    twice = tiny_method(Ensemble, checkpoints=[str(paths[0])] * 2)
+    np.testing.assert_allclose(entropy_panel(twice, tmp_path / "ensemble"),
+                               entropy_panel(members[0], tmp_path / "single"), atol=2)

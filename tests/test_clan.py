@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -13,8 +12,16 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from tests.test_advent import tiny_data
-from tests.test_ddp import assert_identical_weights, fit_two_ranks
+from tests.helpers import (
+    REPO,
+    assert_identical_weights,
+    first_training_batch,
+    fit,
+    fit_two_ranks,
+    tiny_method,
+    tiny_segmenter,
+)
+from udaseg.cli import main
 from udaseg.losses import (
     bce_with_constant,
     focal_loss,
@@ -23,39 +30,24 @@ from udaseg.losses import (
     weight_discrepancy_loss,
     weighted_bce_with_constant,
 )
-from udaseg.cli import main
-from udaseg.methods import CLAN, OptimConfig, SegmenterConfig, SourceOnly
-from udaseg.models import DualClassifierDeepLab, WeightsError, load_segmenter_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_SEGMENTER = SegmenterConfig(depth=18, width=8, architecture="dual_classifier")
+from udaseg.methods import CLAN, OptimConfig, SourceOnly
+from udaseg.models import (
+    DeepLabV2,
+    DualClassifierDeepLab,
+    SegmenterWeights,
+    WeightsError,
+    load_segmenter_checkpoint,
+)
 
 
 def tiny_clan(**kwargs) -> CLAN:
-    data = tiny_data()
-    kwargs.setdefault("segmenter", TINY_SEGMENTER)
-    return CLAN(num_classes=data.num_classes, class_names=list(data.class_names),
-                discriminator_width=8, **kwargs)
-
-
-def fit(method: CLAN, steps: int, **trainer_kwargs) -> pl.Trainer:
-    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, accelerator="cpu", devices=1, **trainer_kwargs)
-    trainer.fit(method, tiny_data())
-    return trainer
+    return tiny_method(CLAN, **kwargs)
 
 
 def at_iteration(step: int):
     """Pretend the trainer is at iteration `step` (global_step is read-only without a fit)."""
     return mock.patch.object(CLAN, "global_step", new_callable=mock.PropertyMock,
                              return_value=step)
-
-
-def tiny_batch() -> tuple[dict, dict]:
-    """The first (source, target) training batch (the streams are seeded: always the same)."""
-    batch, _, _ = next(iter(tiny_data().train_dataloader()))
-    return batch["source"], batch["target"]
 
 
 # ------------------------------------------------------------------------------ model
@@ -76,9 +68,11 @@ def test_dual_classifier_r101_has_official_keys_and_sums_its_logits(tmp_path):
     model.eval()
     with torch.no_grad():
         outputs = model(torch.randn(1, 3, 64, 64))
-    assert outputs.first.shape == outputs.second.shape == (1, 19, 9, 9)
-    assert torch.equal(outputs.main, outputs.first + outputs.second) and outputs.aux is None
-    assert not torch.equal(outputs.first, outputs.second), "independently initialised heads"
+    assert set(outputs) == set(model.heads) == {"main", "first", "second"}, "no aux head"
+    assert outputs["first"].shape == outputs["second"].shape == (1, 19, 9, 9)
+    assert torch.equal(outputs["main"], outputs["first"] + outputs["second"])
+    assert not torch.equal(outputs["first"], outputs["second"]), "independently initialised"
+    assert model.classifier_pair() == (model.layer5, model.layer6)
 
     path = tmp_path / "clan_r101.pth"
     torch.save(state, path)
@@ -91,22 +85,22 @@ def test_init_checkpoint_loads_a_dual_model_and_rejects_a_deeplabv2_one(tmp_path
     source = tiny_clan()
     path = tmp_path / "lightning_like.ckpt"
     torch.save({"state_dict": source.state_dict()}, path)  # `segmenter.` + discriminator keys
-    loaded = tiny_clan(segmenter=SegmenterConfig(depth=18, width=8,
-                                                 architecture="dual_classifier",
-                                                 init_checkpoint=str(path)))
+    loaded = tiny_clan(weights=SegmenterWeights(init_checkpoint=str(path)))
     for key, value in source.segmenter.state_dict().items():
         assert torch.equal(value, loaded.segmenter.state_dict()[key]), key
-    single = SegmenterConfig(depth=18, width=8)  # DeepLabV2: its layer5 reads layer3 features
-    torch.save(SourceOnly(num_classes=9, segmenter=single).segmenter.state_dict(),
-               tmp_path / "deeplabv2.pth")
+    # DeepLabV2: its layer5 reads layer3 features
+    single = tiny_method(SourceOnly, segmenter=tiny_segmenter(DeepLabV2))
+    torch.save(single.segmenter.state_dict(), tmp_path / "deeplabv2.pth")
     with pytest.raises(WeightsError, match="layer5.conv2d_list.0.weight"):
         load_segmenter_checkpoint(source.segmenter, tmp_path / "deeplabv2.pth")
 
 
-def test_clan_refuses_a_single_classifier_segmenter():
-    with pytest.raises(ValueError, match="dual_classifier"):
-        tiny_clan(segmenter=SegmenterConfig(depth=18, width=8, architecture="deeplabv2"))
-    assert CLAN().segmenter_config.architecture == "dual_classifier", "the default builds it"
+def test_clan_refuses_a_single_classifier_segmenter_naming_the_config_key():
+    with pytest.raises(ValueError, match=r"CLAN needs the segmenter head\(s\) \['first', "
+                       r"'second'\], but DeepLabV2 has \['main', 'aux'\]: change "
+                       r"model.init_args.segmenter .*DualClassifierDeepLab"):
+        tiny_clan(segmenter=tiny_segmenter(DeepLabV2))
+    assert isinstance(CLAN().segmenter, DualClassifierDeepLab), "the default builds it"
 
 
 # ------------------------------------------------------------------------------ losses
@@ -183,7 +177,7 @@ def run_step(method: CLAN, step: int, backward=None) -> dict:
         (backward or (lambda index, value: value.backward()))(len(calls) - 1, loss)
 
     method.manual_backward = manual_backward
-    source, target = tiny_batch()
+    source, target = first_training_batch()
     with at_iteration(step):
         losses = method.adaptation_step(source, target)
     assert len(calls) == 4, "seg, generator, D source, D target"
@@ -289,18 +283,18 @@ def test_segmentation_loss_flag_sums_focal_or_cross_entropy_over_both_classifier
     torch.manual_seed(0)
     cross_entropy, focal = tiny_clan(), tiny_clan(segmentation_loss="focal")
     focal.load_state_dict(cross_entropy.state_dict())
-    source, _ = tiny_batch()
+    source, _ = first_training_batch()
     outputs = cross_entropy.segmenter(source["image"])
     ce_losses = cross_entropy.supervised_loss(outputs, source["label"])
     focal_losses = focal.supervised_loss(outputs, source["label"])
     assert ce_losses["seg_first"].item() == pytest.approx(F.cross_entropy(
-        F.interpolate(outputs.first, size=source["label"].shape[-2:], mode="bilinear",
+        F.interpolate(outputs["first"], size=source["label"].shape[-2:], mode="bilinear",
                       align_corners=True), source["label"].long(), ignore_index=255).item())
     for losses in (ce_losses, focal_losses):
         assert losses["seg"].item() == pytest.approx(
             losses["seg_first"].item() + losses["seg_second"].item())
     assert focal_losses["seg_first"].item() == pytest.approx(
-        focal_loss(outputs.first, source["label"]).item())
+        focal_loss(outputs["first"], source["label"]).item())
     assert focal_losses["seg"].item() < ce_losses["seg"].item(), "(1 - p)^2 <= 1"
     with pytest.raises(ValueError, match="segmentation_loss"):
         tiny_clan(segmentation_loss="dice")
@@ -309,7 +303,9 @@ def test_segmentation_loss_flag_sums_focal_or_cross_entropy_over_both_classifier
 def test_clan_ddp_two_ranks_end_with_identical_weights(tmp_path):
     ranks = fit_two_ranks(tmp_path, "udaseg.methods.CLAN",
                           "--model.init_args.preheat_iters", "1",   # both adversarial regimes run
-                          "--model.init_args.detach_alignment_map", "false")
+                          "--model.init_args.detach_alignment_map", "false",
+                          segmenter={"class_path": "udaseg.models.DualClassifierDeepLab",
+                                     "init_args": {"depth": 18, "width": 8}})
     weights = ranks[0]["state_dict"]
     assert "segmenter.layer6.conv2d_list.0.weight" in weights
     assert "segmenter.layer5.conv2d_list.0.weight" in weights
@@ -327,8 +323,9 @@ def test_benchmark_configs_resolve_to_the_official_settings(benchmark, lambda_lo
     assert resolved["trainer"]["max_steps"] == 100_000
     assert resolved["trainer"]["precision"] == "32-true", "the whole trainer file applies"
     arguments = resolved["model"]["init_args"]
-    assert arguments["segmenter"]["architecture"] == "dual_classifier"
-    assert arguments["segmenter"]["depth"] == 101
+    assert arguments["segmenter"]["class_path"] == "udaseg.models.DualClassifierDeepLab"
+    assert arguments["segmenter"]["init_args"]["depth"] == 101
+    assert arguments["weights"]["pretrained"].endswith("DeepLab_resnet_pretrained_imagenet.pth")
     assert arguments["optim"]["max_iters"] == 100_000
     assert arguments["optim"]["warmup_iters"] == arguments["preheat_iters"] == 5000
     assert arguments["lambda_local"] == lambda_local

@@ -10,35 +10,8 @@ import pytest
 import wandb
 import yaml
 
+from tests.helpers import write_config
 from udaseg.cli import main
-
-TINY_DATA = {"domain": "synthetic", "height": 32, "width": 64}
-
-
-def write_config(tmp_path: Path, method: str = "udaseg.methods.SourceOnly",
-                 max_steps: int = 4) -> Path:
-    stream = lambda domain, split, count: {  # noqa: E731
-        "class_path": "udaseg.data.SyntheticStreets",
-        "init_args": {**TINY_DATA, "domain": domain, "split": split, "num_images": count}}
-    config = {
-        "seed_everything": 7,
-        "trainer": {
-            "max_steps": max_steps, "val_check_interval": 3, "check_val_every_n_epoch": None,
-            "num_sanity_val_steps": 0, "enable_progress_bar": False, "log_every_n_steps": 1,
-            "accelerator": "cpu", "devices": 1,
-            "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}},
-            "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                           "init_args": {"save_last": True, "save_top_k": 0}}],
-        },
-        "model": {"class_path": method, "init_args": {
-            "segmenter": {"depth": 18, "width": 8}, "optim": {"lr": 0.01}}},
-        "data": {"source": stream("synthetic", "train", 8), "target": stream("real", "train", 8),
-                 "val": stream("real", "val", 4), "batch_size": 2, "eval_batch_size": 2},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def logged_val_miou(run_dir: Path) -> float:
@@ -102,14 +75,17 @@ def test_ensemble_validate_averages_checkpoints(tmp_path):
 
 
 def test_ensemble_of_clan_checkpoints_builds_dual_classifier_members(tmp_path):
-    config = write_config(tmp_path, method="udaseg.methods.CLAN", max_steps=2)
+    config = write_config(tmp_path, method="udaseg.methods.CLAN", max_steps=2,
+                          segmenter={"class_path": "udaseg.models.DualClassifierDeepLab",
+                                     "init_args": {"depth": 18, "width": 8}})
     main(["fit", "--config", str(config), "--model.init_args.discriminator_width", "8"])
     run_dir = tmp_path / "runs" / "tiny" / "version_0"
     checkpoint = str(run_dir / "checkpoints" / "last.ckpt")
     single = json.loads((run_dir / "val_metrics.json").read_text())["mIoU"]
     main(["validate", "--config", str(config), "--model", "udaseg.methods.Ensemble",
           "--model.checkpoints", f"[{checkpoint}, {checkpoint}]",
-          "--model.segmenter.architecture", "dual_classifier"])
+          "--model.segmenter", "udaseg.models.DualClassifierDeepLab",
+          "--model.segmenter.depth", "18", "--model.segmenter.width", "8"])
     ensemble = json.loads((tmp_path / "runs" / "tiny" / "version_1" /
                            "val_metrics.json").read_text())["mIoU"]
     assert ensemble == pytest.approx(single, abs=1e-4)
@@ -122,7 +98,7 @@ def test_method_starts_from_another_runs_last_checkpoint(tmp_path):
     source_dir = tmp_path / "runs" / "tiny" / "version_0"
     source_miou = json.loads((source_dir / "val_metrics.json").read_text())["mIoU"]
     start = ["--config", str(config), "--model", "udaseg.methods.MaxSquare",
-             "--model.segmenter.init_checkpoint", str(source_dir / "checkpoints" / "last.ckpt")]
+             "--model.weights.init_checkpoint", str(source_dir / "checkpoints" / "last.ckpt")]
     main(["validate", *start])
     before_adaptation = json.loads((tmp_path / "runs" / "tiny" / "version_1" /
                                     "val_metrics.json").read_text())

@@ -1,4 +1,6 @@
-"""Every shipped run config resolves (nested files, class paths, argument names)."""
+"""Every shipped run config resolves (includes, overlays, class paths, argument names), and the
+composition rules apply: base files, single-key overrides after `config:`, second-`--config`
+overlays, CLI trainer defaults."""
 
 from __future__ import annotations
 
@@ -7,12 +9,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import CONFIGS
 from udaseg.cli import main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PARTS = {"data.yaml", "trainer.yaml", "model_light.yaml"}
+PARTS = {"base.yaml", "data.yaml", "trainer.yaml", "model_light.yaml"}
 RUN_CONFIGS = sorted(path for path in CONFIGS.glob("*/*.yaml")
                      if path.name not in PARTS and path.parent.name != "common")
+
+
+def resolve(capsys, *configs: Path, command: str = "fit") -> dict:
+    arguments = [command]
+    for config in configs:
+        arguments += ["--config", str(config)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*arguments, "--print_config"])
+    assert exit_info.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)
 
 
 def test_every_benchmark_has_run_configs():
@@ -21,15 +33,68 @@ def test_every_benchmark_has_run_configs():
 
 
 @pytest.mark.parametrize("config", RUN_CONFIGS, ids=lambda path: f"{path.parent.name}/{path.name}")
-def test_config_resolves_with_a_seed(config, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--print_config"])
-    assert exit_info.value.code == 0
-    resolved = yaml.safe_load(capsys.readouterr().out)
+def test_config_resolves_with_its_benchmark_base(config, capsys):
+    resolved = resolve(capsys, config)
     assert isinstance(resolved["seed_everything"], int), "every config pins a seed"
     assert resolved["model"]["class_path"].startswith("udaseg.methods.")
-    # A dotted `trainer.key:` next to `trainer: file.yaml` silently drops the file's other keys.
-    assert resolved["trainer"]["val_check_interval"] is not None, "the trainer file applies"
+    assert resolved["model"]["init_args"]["segmenter"]["class_path"].startswith("udaseg.models.")
+    trainer = resolved["trainer"]
+    # The CLI's own defaults: endless streams are validated by iterations only.
+    assert trainer["check_val_every_n_epoch"] is None and trainer["num_sanity_val_steps"] == 0
+    assert trainer["logger"]["class_path"] == "pytorch_lightning.loggers.CSVLogger"
+    # The benchmark's trainer file applies (not only the keys a run config overrides).
+    assert trainer["val_check_interval"] is not None and trainer["log_every_n_steps"] > 1
+    callbacks = [callback["class_path"] for callback in trainer["callbacks"]]
+    assert "udaseg.callbacks.EntropyMaps" in callbacks
+    assert resolved["checkpoint"]["save_last"] is True
+
+
+SCHEDULES = {  # (benchmark, config): (max_steps, val_check_interval, snapshot every)
+    ("synthetic", "source_only.yaml"): (600, 200, None),
+    ("synthetic", "clan.yaml"): (600, 200, None),
+    ("gta5_to_cityscapes", "advent.yaml"): (120_000, 2000, 10_000),
+    ("gta5_to_cityscapes", "clan.yaml"): (100_000, 2000, 10_000),
+    ("gta5_to_cityscapes", "maxsquare.yaml"): (30_000, 1000, 5000),
+    ("synthia_to_cityscapes", "clan.yaml"): (100_000, 2000, 10_000),
+    ("synthia_to_cityscapes", "maxsquare.yaml"): (30_000, 1000, 5000),
+    ("cityscapes_to_crosscity", "maxsquare.yaml"): (20_000, 2000, 10_000),
+}
+
+
+@pytest.mark.parametrize("benchmark, name", sorted(SCHEDULES), ids="/".join)
+def test_single_key_overrides_keep_the_rest_of_the_trainer(benchmark, name, capsys):
+    resolved = resolve(capsys, CONFIGS / benchmark / name)
+    trainer = resolved["trainer"]
+    assert (trainer["max_steps"], trainer["val_check_interval"],
+            resolved["checkpoint"]["every_n_train_steps"]) == SCHEDULES[benchmark, name]
+    expected_accelerator = "auto" if benchmark == "synthetic" else "gpu"
+    assert trainer["accelerator"] == expected_accelerator, "the rest of the trainer file stays"
+
+
+@pytest.mark.parametrize("benchmark", ["synthetic", "gta5_to_cityscapes", "synthia_to_cityscapes"])
+def test_oracle_is_source_only_trained_on_labelled_target_images(benchmark, capsys):
+    source_only = resolve(capsys, CONFIGS / benchmark / "source_only.yaml")
+    oracle = resolve(capsys, CONFIGS / benchmark / "oracle.yaml")
+    assert oracle["data"]["target"] is None
+    assert oracle["data"]["source"]["class_path"] == source_only["data"]["val"]["class_path"]
+    assert oracle["data"]["source"]["init_args"]["split"] == "train"
+    assert oracle["data"]["source"]["init_args"].get("with_labels", True)
+    for key in ("val", "test", "normalization", "eval_augmentation", "batch_size"):
+        assert oracle["data"][key] == source_only["data"][key], key
+    assert oracle["model"] == source_only["model"] and oracle["trainer"] == source_only["trainer"]
+
+
+def test_synthia_protocol_is_chosen_by_name(capsys):
+    for name in ("source_only.yaml", "oracle.yaml"):
+        data = resolve(capsys, CONFIGS / "synthia_to_cityscapes" / name)["data"]
+        assert data["val"]["init_args"]["protocol"] == "synthia-16"
+
+
+def test_trainer_files_hold_no_key_the_cli_already_defaults():
+    for trainer_file in CONFIGS.glob("*/trainer.yaml"):
+        keys = set(yaml.safe_load(trainer_file.read_text()))
+        assert not keys & {"check_val_every_n_epoch", "num_sanity_val_steps", "logger"}, \
+            trainer_file
 
 
 CITIES = sorted((CONFIGS / "cityscapes_to_crosscity" / "cities").glob("*.yaml"))
@@ -38,13 +103,13 @@ CITIES = sorted((CONFIGS / "cityscapes_to_crosscity" / "cities").glob("*.yaml"))
 @pytest.mark.parametrize("city_config", CITIES, ids=lambda path: path.stem)
 def test_city_overlay_switches_every_cross_city_split(city_config, capsys):
     run_config = CONFIGS / "cityscapes_to_crosscity" / "maxsquare.yaml"
-    with pytest.raises(SystemExit):
-        main(["fit", "--config", str(run_config), "--config", str(city_config), "--print_config"])
-    data = yaml.safe_load(capsys.readouterr().out)["data"]
+    resolved = resolve(capsys, run_config, city_config)
+    data = resolved["data"]
     cities = {split: data[split]["init_args"]["city"] for split in ("target", "val", "test")}
     assert set(cities.values()) == {city_config.stem.capitalize()}, cities
     assert data["target"]["init_args"]["split"] == "train"
     assert data["test"]["init_args"]["split"] == "test"
+    assert resolved["trainer"]["max_steps"] == 20_000, "the overlay changes only the city"
 
 
 def test_all_four_cross_city_cities_have_an_overlay():

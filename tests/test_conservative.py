@@ -8,9 +8,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.test_advent import fit, tiny_data
+from tests.helpers import fit, tiny_method
 from udaseg.losses import conservative_loss, conservative_loss_published, conservative_weight
-from udaseg.methods import ConservativeLoss, SegmenterConfig
+from udaseg.methods import ConservativeLoss
 
 FORMS = {"signed": conservative_loss, "published": conservative_loss_published}
 
@@ -79,26 +79,19 @@ def test_ignored_pixels_do_not_count(form):
     assert everything_ignored.item() == 0 and everything_ignored.requires_grad
 
 
-def tiny_conservative(**kwargs) -> ConservativeLoss:
-    data = tiny_data()
-    return ConservativeLoss(num_classes=data.num_classes, class_names=list(data.class_names),
-                            segmenter=SegmenterConfig(depth=18, width=8), discriminator_width=8,
-                            **kwargs)
-
-
 def test_source_loss_is_the_chosen_conservative_form():
     torch.manual_seed(0)
     logits, labels = torch.randn(2, 9, 4, 4), torch.randint(0, 9, (2, 8, 8))
     for form, loss in FORMS.items():
-        method = tiny_conservative(form=form, conservative_base=3.0)
+        method = tiny_method(ConservativeLoss, form=form, conservative_base=3.0)
         assert torch.equal(method.source_pixel_loss(logits, labels), loss(logits, labels, base=3.0))
     with pytest.raises(ValueError, match="form"):
-        tiny_conservative(form="reversed")
+        tiny_method(ConservativeLoss, form="reversed")
 
 
 @pytest.mark.parametrize("discriminator_input", ["softmax", "entropy"])
 def test_iteration_trains_segmenter_and_both_discriminators(discriminator_input):
-    method = tiny_conservative(discriminator_input=discriminator_input)
+    method = tiny_method(ConservativeLoss, discriminator_input=discriminator_input)
     before = {key: value.clone() for key, value in method.state_dict().items()}
     pl.seed_everything(0)
     trainer = fit(method, steps=2)
@@ -113,7 +106,7 @@ def test_iteration_trains_segmenter_and_both_discriminators(discriminator_input)
 
 
 def test_mixed_precision_stays_finite():
-    method = tiny_conservative()
+    method = tiny_method(ConservativeLoss)
     fit(method, steps=2, precision="bf16-mixed")
     assert all(torch.isfinite(tensor).all() for tensor in method.state_dict().values()
                if tensor.is_floating_point())

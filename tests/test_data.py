@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TinyDataset
+from tests.helpers import TinyDataset
 from udaseg.data import Augmentation, InfiniteShardedSampler, UDADataModule, normalize
 from udaseg.data.transforms import CAFFE_MEAN_BGR, TransformedDataset
 

@@ -8,9 +8,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.test_advent import fit, tiny_data
+from tests.helpers import fit, tiny_method, tiny_segmenter
 from udaseg.losses import iw_maxsquare_loss, maxsquare_loss, self_produced_guidance
-from udaseg.methods import MaxSquare, SegmenterConfig, SourceOnly
+from udaseg.methods import MaxSquare, SourceOnly
+from udaseg.models import SegmenterWeights
 
 
 def official_single_image_iw(prob: torch.Tensor, ratio: float) -> float:
@@ -80,17 +81,13 @@ def test_self_produced_guidance_thresholds_either_level():
     assert not labels.requires_grad
 
 
-def tiny_maxsquare(**kwargs) -> MaxSquare:
-    data = tiny_data()
-    kwargs.setdefault("segmenter", SegmenterConfig(depth=18, width=8))
-    return MaxSquare(num_classes=data.num_classes, class_names=list(data.class_names), **kwargs)
-
-
-def test_guidance_needs_the_auxiliary_classifier():
-    with pytest.raises(ValueError, match="multi_level"):
-        MaxSquare(num_classes=9, segmenter=SegmenterConfig(depth=18, width=8, multi_level=False))
-    MaxSquare(num_classes=9, segmenter=SegmenterConfig(depth=18, width=8, multi_level=False),
-              multi_level_guidance=False)
+def test_guidance_needs_the_auxiliary_head_and_says_which_key_to_change():
+    single_level = tiny_segmenter(multi_level=False)
+    with pytest.raises(ValueError, match=r"needs the segmenter head\(s\) \['aux'\], but DeepLabV2 "
+                       r"has \['main'\]: change model.init_args.segmenter .*multi_level_guidance"):
+        tiny_method(MaxSquare, segmenter=single_level)
+    assert "aux" not in tiny_method(MaxSquare, segmenter=single_level,
+                                    multi_level_guidance=False).segmenter.heads
 
 
 @pytest.mark.parametrize("options", [
@@ -98,8 +95,8 @@ def test_guidance_needs_the_auxiliary_classifier():
     {"image_wise_weighting": True, "multi_level_guidance": True, "guidance_threshold": 0.0},
 ])
 def test_target_term_changes_the_update(options):
-    adapted = tiny_maxsquare(lambda_target=1.0, **options)
-    source_only = tiny_maxsquare(lambda_target=0.0, **options)
+    adapted = tiny_method(MaxSquare, lambda_target=1.0, **options)
+    source_only = tiny_method(MaxSquare, lambda_target=0.0, **options)
     source_only.load_state_dict(adapted.state_dict())
     for method in (adapted, source_only):
         pl.seed_everything(0)
@@ -112,13 +109,11 @@ def test_target_term_changes_the_update(options):
 
 
 def test_starts_from_another_runs_checkpoint_weights_only(tmp_path):
-    data = tiny_data()
-    source = SourceOnly(num_classes=data.num_classes, segmenter=SegmenterConfig(depth=18, width=8))
+    source = tiny_method(SourceOnly)
     trainer = fit(source, steps=2)
     checkpoint = tmp_path / "source.ckpt"
     trainer.save_checkpoint(checkpoint)
-    adapted = tiny_maxsquare(segmenter=SegmenterConfig(depth=18, width=8,
-                                                       init_checkpoint=str(checkpoint)))
+    adapted = tiny_method(MaxSquare, weights=SegmenterWeights(init_checkpoint=str(checkpoint)))
     for key, value in source.segmenter.state_dict().items():
         assert torch.equal(adapted.segmenter.state_dict()[key], value), key
     trainer = fit(adapted, steps=1)

@@ -11,7 +11,6 @@ import torchvision
 from udaseg.models import (
     DeepLabV2,
     ResNetBackbone,
-    SegOutput,
     WeightsError,
     load_imagenet_init,
     load_segmenter_checkpoint,
@@ -89,9 +88,9 @@ def test_dilation_layout_gives_output_stride_8(r101: DeepLabV2) -> None:
 def test_r101_forward_shapes(r101: DeepLabV2) -> None:
     with torch.no_grad():
         out = r101(torch.randn(1, 3, 65, 97))
-    assert isinstance(out, SegOutput)
-    assert out.main.shape == (1, 19, 9, 13)
-    assert out.aux is not None and out.aux.shape == (1, 19, 9, 13)
+    assert set(out) == set(r101.heads) == {"main", "aux"}
+    assert out["main"].shape == (1, 19, 9, 13)
+    assert out["aux"].shape == (1, 19, 9, 13)
 
 
 @pytest.mark.parametrize("size, expected", [(512, 65), (1024, 129), (720, 91), (1280, 161),
@@ -105,8 +104,8 @@ def test_light_forward_matches_size_rule() -> None:
     for h, w in [(64, 96), (33, 47), (40, 17)]:
         with torch.no_grad():
             out = model(torch.randn(2, 3, h, w))
-        assert out.main.shape == (2, 5, seg_output_size(h), seg_output_size(w))
-        assert out.aux is not None and out.aux.shape == out.main.shape
+        assert out["main"].shape == (2, 5, seg_output_size(h), seg_output_size(w))
+        assert out["aux"].shape == out["main"].shape
 
 
 def test_classifier_sums_all_branches() -> None:
@@ -133,7 +132,7 @@ def test_two_summed_branches_reproduce_maxsquare_code_with_the_same_keys(tmp_pat
     images = torch.randn(1, 3, 32, 32)
     official_layout.eval(), reloaded.eval()
     with torch.no_grad():
-        assert torch.equal(reloaded(images).main, official_layout(images).main)
+        assert torch.equal(reloaded(images)["main"], official_layout(images)["main"])
     with pytest.raises(ValueError, match="summed_branches"):
         DeepLabV2(num_classes=3, depth=18, width=8, aspp_summed_branches=5)
 
@@ -144,7 +143,8 @@ def test_single_level_has_no_layer5_and_no_aux() -> None:
     assert model.layer5 is None
     with torch.no_grad():
         out = model(torch.randn(1, 3, 32, 32))
-    assert out.aux is None and out.main.shape == (1, 4, 5, 5)
+    assert model.heads == ("main",) and set(out) == {"main"}
+    assert out["main"].shape == (1, 4, 5, 5)
 
 
 def test_r101_single_level_drops_exactly_layer5() -> None:
@@ -280,7 +280,7 @@ def test_segmenter_checkpoint_module_prefix(tmp_path: Path) -> None:
     assert torch.equal(model.layer5.conv2d_list[2].bias, source.layer5.conv2d_list[2].bias)
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(model(x).main, source(x).main)
+        assert torch.equal(model(x)["main"], source(x)["main"])
 
 
 def test_segmenter_checkpoint_lightning_layout(tmp_path: Path) -> None:

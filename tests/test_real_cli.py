@@ -12,7 +12,6 @@ import pytest
 import torch
 import yaml
 
-from tests.test_real_datasets import cityscapes_root, gta5_root  # noqa: F401  (fixtures)
 from udaseg.cli import main
 from udaseg.visualize import CITYSCAPES_PALETTE
 
@@ -20,15 +19,14 @@ from udaseg.visualize import CITYSCAPES_PALETTE
 def write_config(tmp_path: Path, gta5: Path, cityscapes: Path) -> Path:
     config = {
         "seed_everything": 0,
-        "trainer": {"max_steps": 2, "val_check_interval": 2, "check_val_every_n_epoch": None,
-                    "num_sanity_val_steps": 0, "enable_progress_bar": False,
+        "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False,
                     "accelerator": "cpu", "devices": 1,
                     "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
-                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "g2c"}},
-                    "callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                                   "init_args": {"save_last": True, "save_top_k": 0}}]},
+                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "g2c"}}},
         "model": {"class_path": "udaseg.methods.AdvEnt", "init_args": {
-            "segmenter": {"depth": 18, "width": 8}, "discriminator_width": 8}},
+            "segmenter": {"class_path": "udaseg.models.DeepLabV2",
+                          "init_args": {"depth": 18, "width": 8}},
+            "discriminator_width": 8}},
         "data": {
             "source": {"class_path": "udaseg.data.GTA5", "init_args": {"root": str(gta5)}},
             "target": {"class_path": "udaseg.data.Cityscapes",
@@ -51,7 +49,7 @@ def read_json(path: Path) -> dict:
 
 
 def test_gta5_to_cityscapes_fit_evaluate_released_checkpoint_and_predict(
-        tmp_path, gta5_root, cityscapes_root):  # noqa: F811
+        tmp_path, gta5_root, cityscapes_root):
     config = write_config(tmp_path, gta5_root, cityscapes_root)
     main(["fit", "--config", str(config)])
     run = tmp_path / "runs" / "g2c" / "version_0"
@@ -66,7 +64,7 @@ def test_gta5_to_cityscapes_fit_evaluate_released_checkpoint_and_predict(
     released = tmp_path / "GTA2Cityscapes_Tiny.pth"
     torch.save(plain, released)
     main(["validate", "--config", str(config),
-          "--model.init_args.segmenter.init_checkpoint", str(released)])
+          "--model.init_args.weights.init_checkpoint", str(released)])
     assert read_json(tmp_path / "runs" / "g2c" / "version_1" / "val_metrics.json")[
         "mIoU-19"] == pytest.approx(fitted["mIoU-19"], abs=1e-4)
 

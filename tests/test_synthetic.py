@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from udaseg.data.synthetic import (
-    REAL_STYLE, SYNTHETIC_CLASSES, SYNTHETIC_LAYOUT, SYNTHETIC_STYLE, SyntheticStreets,
-    domain_params, render_scene,
+    REAL_STYLE,
+    SYNTHETIC_CLASSES,
+    SYNTHETIC_LAYOUT,
+    SYNTHETIC_STYLE,
+    SyntheticStreets,
+    domain_params,
+    render_scene,
 )
 
 DOMAINS = ("synthetic", "real")

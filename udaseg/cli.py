@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from typing import Optional
 
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from udaseg.callbacks import IoUReport, PredictionWriter
 from udaseg.data import UDADataModule
 from udaseg.methods import UDAMethod
+
+#: Trainer settings every udaseg run needs, whatever its config: the training streams are
+#: endless (validation is scheduled in iterations, never per epoch), a sanity validation before
+#: training would only repeat the first real one, and logs go under runs/ (CSV, no network).
+TRAINER_DEFAULTS = {
+    "check_val_every_n_epoch": None,
+    "num_sanity_val_steps": 0,
+    "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
+               "init_args": {"save_dir": "runs"}},
+}
 
 
 class UDASegCLI(LightningCLI):
@@ -20,6 +31,10 @@ class UDASegCLI(LightningCLI):
             parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}",
                                   apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.seed")
+        # Every run keeps `last.ckpt` (written when fit ends); configs add periodic snapshots
+        # with one key, `checkpoint.every_n_train_steps` (iterations) + `save_top_k: -1`.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.add_lightning_class_args(IoUReport, "iou_report")
         # `udaseg predict ... --predictions.output_dir out/ --predictions.save_train_ids true`
         parser.add_lightning_class_args(PredictionWriter, "predictions")
@@ -32,7 +47,7 @@ def main(args: Optional[list[str]] = None) -> None:
     """
     # Methods build their own optimisers (several, with poly LR): no --optimizer options.
     UDASegCLI(UDAMethod, UDADataModule, subclass_mode_model=True, seed_everything_default=0,
-              auto_configure_optimizers=False,
+              auto_configure_optimizers=False, trainer_defaults=TRAINER_DEFAULTS,
               save_config_kwargs={"overwrite": True}, args=args)
 
 

@@ -34,10 +34,12 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def summarize(runs: dict[str, list[dict[str, float]]], per_class: bool) -> tuple[list[str], list[list[str]]]:
+def summarize(runs: dict[str, list[dict[str, float]]],
+              per_class: bool) -> tuple[list[str], list[list[str]]]:
     """Column names and rows (run, seeds, metric columns) of the comparison."""
     first = next(iter(runs.values()))[0]
-    keys = [key for key in first if key != "iteration" and (per_class or not key.startswith("IoU/"))]
+    keys = [key for key in first
+            if key != "iteration" and (per_class or not key.startswith("IoU/"))]
     header = ["run", "seeds"] + [key.removeprefix("IoU/") for key in keys]
     rows = [[name, str(len(results))] + [mean_std([result[key] for result in results])
                                          for key in keys]

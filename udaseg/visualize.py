@@ -16,7 +16,7 @@ CITYSCAPES_PALETTE = np.array([
 
 
 def colorize(label: np.ndarray, palette: np.ndarray = CITYSCAPES_PALETTE) -> np.ndarray:
-    """(H, W) train ids -> (H, W, 3) uint8 RGB; ignore (255) and ids beyond the palette are black."""
+    """(H, W) train ids -> (H, W, 3) uint8 RGB; ignore (255) and ids past the palette are black."""
     lookup = np.zeros((256, 3), dtype=np.uint8)
     lookup[:len(palette)] = palette
     lookup[IGNORE_INDEX] = 0

@@ -24,12 +24,13 @@ from udaseg.visualize import colorize, heatmap
 class EntropyMaps(pl.Callback):
     """Args:
         num_images: rows per figure (taken from the first validation batches).
-        normalization: how the data module normalised inputs (to show them in colour).
+
+    Inputs are shown in colour by undoing the data module's own `normalization`, so the
+    callback is configured the same way for every benchmark.
     """
 
-    def __init__(self, num_images: int = 4, normalization: str = "imagenet") -> None:
+    def __init__(self, num_images: int = 4) -> None:
         self.num_images = num_images
-        self.normalization = normalization
         self._rows: list[np.ndarray] = []
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -47,7 +48,11 @@ class EntropyMaps(pl.Callback):
         probabilities = F.softmax(module.predict_logits(images, size).float(), dim=1)
         entropy = entropy_map(probabilities).sum(dim=1).cpu().numpy()  # in [0, 1]
         predictions = probabilities.argmax(dim=1).cpu().numpy().astype(np.uint8)
-        inputs = denormalize(images, self.normalization)
+        normalization = getattr(trainer.datamodule, "normalization", None)
+        if normalization is None:
+            raise ValueError("EntropyMaps shows the inputs of a UDADataModule (it undoes its "
+                             "`normalization`); this run has no such data module")
+        inputs = denormalize(images, normalization)
         for index in range(len(images)):
             truth = labels[index].cpu().numpy().astype(np.uint8)
             truth = cv2.resize(truth, size[::-1], interpolation=cv2.INTER_NEAREST)

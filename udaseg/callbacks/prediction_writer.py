@@ -25,7 +25,8 @@ class PredictionWriter(pl.Callback):
     def on_predict_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule,
                              outputs: dict, batch: dict, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
-        for prediction, name in zip(outputs["prediction"].cpu().numpy(), outputs["name"]):
+        predictions = outputs["prediction"].cpu().numpy()
+        for prediction, name in zip(predictions, outputs["name"], strict=True):
             colour = cv2.cvtColor(colorize(prediction), cv2.COLOR_RGB2BGR)
             write_png_atomic(self.output_dir / f"{name}_color.png", colour)
             if self.save_train_ids:

@@ -13,7 +13,8 @@ from udaseg.data.transforms import Augmentation, TransformedDataset, denormalize
 
 __all__ = [
     "CROSSCITY_13", "Cityscapes", "CrossCity", "GTA5", "SYNTHIA_13", "SYNTHIA_16",
-    "SynthiaRandCityscapes", "Augmentation", "ImageFolder", "CITYSCAPES_CLASSES", "CITYSCAPES_ID_TO_TRAIN_ID", "IGNORE_INDEX",
+    "SynthiaRandCityscapes", "Augmentation", "ImageFolder", "CITYSCAPES_CLASSES",
+    "CITYSCAPES_ID_TO_TRAIN_ID", "IGNORE_INDEX",
     "ImageLabelDataset", "InfiniteShardedSampler", "SYNTHETIC_CLASSES", "SegmentationDataset",
     "SyntheticStreets", "TransformedDataset", "UDADataModule", "denormalize", "normalize",
 ]

@@ -21,7 +21,6 @@ from PIL import Image
 
 from udaseg.data.classes import IGNORE_INDEX
 
-
 DATA_ROOT_VARIABLE = "UDASEG_DATA_ROOT"
 
 

@@ -14,36 +14,44 @@ withheld (the released ``gtFine/test`` files are placeholders), so the test spli
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
 from udaseg.data.base import ImageLabelDataset
 from udaseg.data.classes import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAIN_ID, IGNORE_INDEX
+from udaseg.data.synthia import SYNTHIA_13, SYNTHIA_16
 
 CityscapesSplit = Literal["train", "val", "test"]
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _LABEL_SUFFIX = "_gtFine_labelIds.png"
 
 
-def validate_subsets(subsets: Mapping[str, Sequence[int]], num_classes: int,
-                     owner: str) -> dict[str, list[int]]:
-    """Copy of `subsets` after checking every id is a valid, non-repeated train id."""
-    checked: dict[str, list[int]] = {}
-    for name, ids in subsets.items():
-        ids = [int(train_id) for train_id in ids]
-        if not ids:
-            raise ValueError(f"{owner}: eval subset {name!r} is empty")
-        bad = [train_id for train_id in ids if not 0 <= train_id < num_classes]
-        if bad:
-            raise ValueError(f"{owner}: eval subset {name!r} has ids {bad} outside "
-                             f"0..{num_classes - 1}")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"{owner}: eval subset {name!r} repeats ids: {ids}")
-        checked[name] = ids
-    if not checked:
-        raise ValueError(f"{owner}: eval_subsets must name at least one subset")
-    return checked
+@dataclass(frozen=True)
+class EvaluationProtocol:
+    """What a Cityscapes evaluation reports and which label classes it keeps.
+
+    Args:
+        eval_subsets: named train-id subsets to report mIoU over.
+        label_classes: train ids kept in the labels (every other class becomes 255, ignored);
+            None keeps all 19.
+    """
+
+    eval_subsets: dict[str, list[int]]
+    label_classes: Optional[list[int]] = None
+
+
+#: The evaluation protocols of the papers, chosen by name (`Cityscapes(protocol=...)`).
+#: "synthia-16": SYNTHIA -> Cityscapes reports mIoU over the 16 classes SYNTHIA shares with
+#: Cityscapes and over 13 of them (without wall, fence, pole), and, as the official code does
+#: (e.g. MaxSquareLoss's 16-class mode), ignores the pixels of the 3 classes SYNTHIA lacks, so
+#: they count neither for nor against the 16 evaluated ones.
+PROTOCOLS: dict[str, EvaluationProtocol] = {
+    "cityscapes-19": EvaluationProtocol({"mIoU-19": list(range(len(CITYSCAPES_CLASSES)))}),
+    "synthia-16": EvaluationProtocol({"mIoU-16": SYNTHIA_16, "mIoU-13": SYNTHIA_13},
+                                     label_classes=SYNTHIA_16),
+}
+Protocol = Literal["cityscapes-19", "synthia-16"]
 
 
 class Cityscapes(ImageLabelDataset):
@@ -55,35 +63,29 @@ class Cityscapes(ImageLabelDataset):
             reports on "val" at full 2048x1024 label resolution. "test" has no public labels,
             so it requires ``with_labels=False``.
         with_labels: False to never read labels (``gtFine/`` is then not required).
-        eval_subsets: the class subsets to report mIoU over; default {"mIoU-19": all 19}. A
-            SYNTHIA -> Cityscapes config passes ``{"mIoU-16": SYNTHIA_16, "mIoU-13": SYNTHIA_13}``
-            (from ``udaseg.data.synthia``).
-        label_classes: train ids kept in the labels; every other class becomes 255 (ignored).
-            The SYNTHIA -> Cityscapes protocol of the official code (e.g. MaxSquareLoss's
-            16-class mode) ignores the pixels of the 3 classes SYNTHIA lacks, so that they
-            count neither for nor against the 16 evaluated classes: pass ``SYNTHIA_16`` there.
-            Default: all 19.
+        protocol: the evaluation protocol, by name from `PROTOCOLS`: "cityscapes-19"
+            (GTA5 -> Cityscapes: mIoU-19) or "synthia-16" (SYNTHIA -> Cityscapes: mIoU-16 and
+            mIoU-13, the 3 classes SYNTHIA lacks ignored).
     """
 
     class_names = CITYSCAPES_CLASSES
 
     def __init__(self, root: str, split: CityscapesSplit = "train", with_labels: bool = True,
-                 eval_subsets: Optional[dict[str, list[int]]] = None,
-                 label_classes: Optional[list[int]] = None) -> None:
+                 protocol: Protocol = "cityscapes-19") -> None:
         if split not in ("train", "val", "test"):
             raise ValueError(f"Cityscapes: split must be 'train', 'val' or 'test', got {split!r}")
         if split == "test" and with_labels:
             raise ValueError("Cityscapes: the test split has no public labels (gtFine/test holds "
                              "placeholders); use with_labels=False, or evaluate on split='val'")
-        num_classes = len(CITYSCAPES_CLASSES)
-        self.eval_subsets = validate_subsets(
-            eval_subsets if eval_subsets is not None else {"mIoU-19": list(range(num_classes))},
-            num_classes, "Cityscapes")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"Cityscapes: protocol must be one of {sorted(PROTOCOLS)}, "
+                             f"got {protocol!r}")
+        chosen = PROTOCOLS[protocol]
+        self.protocol = protocol
+        self.eval_subsets = {name: list(ids) for name, ids in chosen.eval_subsets.items()}
         table = dict(CITYSCAPES_ID_TO_TRAIN_ID)
-        if label_classes is not None:
-            keep = validate_subsets({"label_classes": label_classes}, num_classes,
-                                    "Cityscapes")["label_classes"]
-            table = {raw: (train if train in keep else IGNORE_INDEX)
+        if chosen.label_classes is not None:
+            table = {raw: (train if train in chosen.label_classes else IGNORE_INDEX)
                      for raw, train in table.items()}
         self.id_to_train_id = table
         self.layout = (f"{{root}}/leftImg8bit/{split}/<city>/<city>_<seq>_<frame>{_IMAGE_SUFFIX}"

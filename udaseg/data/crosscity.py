@@ -28,7 +28,10 @@ from typing import Literal, Optional
 import numpy as np
 
 from udaseg.data.base import (
-    IMAGE_SUFFIXES, ImageLabelDataset, read_index_png, read_name_list,
+    IMAGE_SUFFIXES,
+    ImageLabelDataset,
+    read_index_png,
+    read_name_list,
 )
 from udaseg.data.classes import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAIN_ID
 

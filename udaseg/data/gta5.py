@@ -21,7 +21,11 @@ from typing import Literal, Optional
 import numpy as np
 
 from udaseg.data.base import (
-    IMAGE_SUFFIXES, ImageLabelDataset, file_name_from_entry, read_index_png, read_name_list,
+    IMAGE_SUFFIXES,
+    ImageLabelDataset,
+    file_name_from_entry,
+    read_index_png,
+    read_name_list,
 )
 from udaseg.data.classes import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAIN_ID
 

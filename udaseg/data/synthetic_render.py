@@ -18,8 +18,16 @@ import cv2
 import numpy as np
 
 from udaseg.data.synthetic_scene import (
-    FACADE_FRONT, FACADE_LEFT, FACADE_RIGHT, IGNORE, ROLE_CLASS, ROLES, LayoutParams, Scene,
-    blend, build_scene,
+    FACADE_FRONT,
+    FACADE_LEFT,
+    FACADE_RIGHT,
+    IGNORE,
+    ROLE_CLASS,
+    ROLES,
+    LayoutParams,
+    Scene,
+    blend,
+    build_scene,
 )
 
 _ROLE_TO_CLASS = np.array([ROLE_CLASS[r] for r in ROLES], np.uint8)

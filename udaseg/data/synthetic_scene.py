@@ -16,8 +16,8 @@ pixels at the bottom row; depth is `f / (s * R)` units. A ground point at latera
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -91,7 +91,7 @@ def blend(a, b, t: float):
     if isinstance(a, dict):
         return {key: blend(a[key], b[key], t) for key in a}
     if isinstance(a, tuple):
-        return tuple(blend(x, y, t) for x, y in zip(a, b))
+        return tuple(blend(x, y, t) for x, y in zip(a, b, strict=True))
     return (1.0 - t) * np.asarray(a) + t * np.asarray(b) if isinstance(a, np.ndarray) \
         else (1.0 - t) * a + t * b
 

@@ -24,7 +24,10 @@ import cv2
 import numpy as np
 
 from udaseg.data.base import (
-    IMAGE_SUFFIXES, ImageLabelDataset, file_name_from_entry, read_name_list,
+    IMAGE_SUFFIXES,
+    ImageLabelDataset,
+    file_name_from_entry,
+    read_name_list,
 )
 from udaseg.data.classes import CITYSCAPES_CLASSES
 

@@ -1,14 +1,14 @@
 """UDA methods: LightningModules on one shared base."""
 
-from udaseg.methods.adversarial import AdversarialMethod, OutputSpaceAdversarial
 from udaseg.methods.advent import AdvEnt, MinEnt
+from udaseg.methods.adversarial import AdversarialMethod, OutputSpaceAdversarial
+from udaseg.methods.base import OptimConfig, UDAMethod, poly_lr
 from udaseg.methods.clan import CLAN
 from udaseg.methods.conservative import ConservativeLoss
 from udaseg.methods.ensemble import Ensemble
-from udaseg.methods.base import OptimConfig, SegmenterConfig, UDAMethod, poly_lr
 from udaseg.methods.maxsquare import MaxSquare
 from udaseg.methods.source_only import SourceOnly
 
 __all__ = ["AdvEnt", "AdversarialMethod", "CLAN", "ConservativeLoss", "Ensemble", "MaxSquare",
-           "MinEnt", "OptimConfig", "OutputSpaceAdversarial", "SegmenterConfig", "SourceOnly",
-           "UDAMethod", "poly_lr"]
+           "MinEnt", "OptimConfig", "OutputSpaceAdversarial", "SourceOnly", "UDAMethod",
+           "poly_lr"]

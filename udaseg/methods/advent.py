@@ -11,8 +11,6 @@ Official-code choices (see README "Official quirks"):
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from udaseg.losses import entropy_loss, entropy_map
@@ -33,19 +31,16 @@ class MinEnt(UDAMethod):
     def __init__(self, lambda_ent_main: float = 1e-3, lambda_ent_aux: float = 2e-4,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        self.entropy_weights = {"main": lambda_ent_main, "aux": lambda_ent_aux}
 
-    def adaptation_step(self, source: dict, target: Optional[dict]) -> dict[str, torch.Tensor]:
-        if target is None:
-            raise ValueError("MinEnt needs a target stream: set data.target")
-        losses = self.supervised_loss(self.segmenter(source["image"]), source["label"])
-        self.manual_backward(losses["seg"])
+    def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
+        _, losses = self.supervised_step(source)
         target_outputs = self.segmenter(target["image"])
         probabilities = level_probabilities(target_outputs, tuple(target["image"].shape[-2:]))
         entropy_total = 0.0
         for level, probability in probabilities.items():
             losses[f"ent_{level}"] = entropy_loss(probability)
-            entropy_total = entropy_total + self.entropy_weights[level] * losses[f"ent_{level}"]
+            entropy_total = (entropy_total
+                             + self.hparams[f"lambda_ent_{level}"] * losses[f"ent_{level}"])
         self.manual_backward(self.adaptation_weight * entropy_total)
         return losses
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Optional
 
 import torch
 from torch import nn
 
 from udaseg.losses import bce_with_constant
 from udaseg.methods.base import UDAMethod, level_probabilities
-from udaseg.models import FCDiscriminator, SegOutput
+from udaseg.models import AUX, MAIN, FCDiscriminator, SegmenterOutput
 
 SOURCE_LABEL = 0.0
 TARGET_LABEL = 1.0
@@ -38,17 +37,17 @@ class AdversarialMethod(UDAMethod):
         **kwargs: `UDAMethod` arguments.
     """
 
-    # Prediction levels that get a discriminator; subclasses narrow it (e.g. CLAN: ["main"]).
-    def discriminator_levels(self) -> Sequence[str]:
-        return ["main", "aux"] if self.segmenter_config.multi_level else ["main"]
-
     def __init__(self, discriminator_width: int = 64, **kwargs) -> None:
-        # Read by build_discriminators() during the base constructor.
-        self.discriminator_width = discriminator_width
         super().__init__(**kwargs)
 
+    def discriminator_levels(self) -> Sequence[str]:
+        """Prediction levels that get a discriminator: "main", and "aux" if the segmenter has
+        it; subclasses narrow it (CLAN: "main" only)."""
+        return [level for level in (MAIN, AUX) if level in self.segmenter.heads]
+
     def build_discriminators(self) -> nn.ModuleDict:
-        return nn.ModuleDict({level: FCDiscriminator(self.num_classes, self.discriminator_width)
+        width = self.hparams.discriminator_width
+        return nn.ModuleDict({level: FCDiscriminator(self.num_classes, width)
                               for level in self.discriminator_levels()})
 
     @contextmanager
@@ -106,30 +105,26 @@ class OutputSpaceAdversarial(AdversarialMethod):
     def __init__(self, lambda_adv_main: float = 1e-3, lambda_adv_aux: float = 2e-4,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        self.adversarial_weights = {"main": lambda_adv_main, "aux": lambda_adv_aux}
 
     def discriminator_input(self, probability: torch.Tensor) -> torch.Tensor:
         """The map a discriminator sees, from a (N, C, H, W) softmax; the softmax itself here."""
         return probability
 
-    def level_maps(self, outputs: SegOutput, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def level_maps(self, outputs: SegmenterOutput,
+                   size: tuple[int, int]) -> dict[str, torch.Tensor]:
         return {level: self.discriminator_input(probability)
                 for level, probability in level_probabilities(outputs, size).items()}
 
-    def adaptation_step(self, source: dict, target: Optional[dict]) -> dict[str, torch.Tensor]:
-        if target is None:
-            raise ValueError(f"{type(self).__name__} needs a target stream: set data.target")
+    def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
         with self.frozen_discriminators():
-            source_outputs = self.segmenter(source["image"])
-            losses = self.supervised_loss(source_outputs, source["label"])
-            self.manual_backward(losses["seg"])
+            source_outputs, losses = self.supervised_step(source)
             target_maps = self.level_maps(self.segmenter(target["image"]),
                                           tuple(target["image"].shape[-2:]))
             adversarial_total = 0.0
             for level in self.discriminators:
                 losses[f"adv_{level}"] = self.fool_discriminator(level, target_maps[level])
-                adversarial_total = (adversarial_total
-                                     + self.adversarial_weights[level] * losses[f"adv_{level}"])
+                weight = self.hparams[f"lambda_adv_{level}"]
+                adversarial_total = adversarial_total + weight * losses[f"adv_{level}"]
             self.manual_backward(self.adaptation_weight * adversarial_total)
         with torch.no_grad():  # the discriminators see detached maps only
             source_maps = self.level_maps(source_outputs, tuple(source["image"].shape[-2:]))

@@ -1,7 +1,12 @@
 """The shared base of every method: one training loop, optimisers, poly LR, evaluation.
 
 A method subclasses `UDAMethod` and implements `adaptation_step(source, target)`, which computes
-its losses and calls `self.manual_backward` on each; everything else lives here.
+its losses and calls `self.manual_backward` on each; everything else lives here. It usually
+starts with `supervised_step(source)` (source forward, supervised loss, backward).
+
+Construction rule: the base saves every constructor argument of the whole class chain as
+hyperparameters first, then builds the segmenter and the discriminators, so builders and steps
+read `self.hparams.<argument>`; a subclass never sets attributes before `super().__init__()`.
 
 What "iteration" means: one source batch + one target batch, as in the papers. Lightning counts
 every optimizer `.step()` as a global step; only the segmenter's step goes through Lightning's
@@ -11,8 +16,10 @@ counting wrapper, discriminators are stepped through the strategy directly, so
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -21,40 +28,17 @@ from torch import nn
 
 from udaseg.losses import segmentation_cross_entropy, upsample_logits
 from udaseg.metrics import ConfusionMatrix, summarize
-from udaseg.models import (DeepLabV2, DualClassifierDeepLab, SegOutput, load_imagenet_init,
-                           load_segmenter_checkpoint)
-
-
-@dataclass(frozen=True)
-class SegmenterConfig:
-    """The segmentation network.
-
-    Args:
-        depth: ResNet depth (101 = the papers' DeepLabV2; 18 with a small width for CPU runs).
-        width: stem channels (64 in the papers).
-        multi_level: add the auxiliary classifier on layer3 (ADVENT/AdaptSegNet multi-level).
-            Only read by the "deeplabv2" architecture.
-        architecture: "deeplabv2" (one classifier on layer4, plus the layer3 one if
-            `multi_level`) or "dual_classifier" (CLAN: two classifiers `layer5`/`layer6` on
-            layer4, prediction = the sum of their logits; `multi_level` is ignored).
-        aspp_summed_branches: "deeplabv2" only: sum only the first N of the four ASPP branches;
-            2 reproduces the AdaptSegNet/MaxSquare code (and their released checkpoints'
-            predictions); None sums all four (ADVENT, CLAN, the paper).
-        pretrained: local path of ImageNet initialisation weights (torchvision or the official
-            DeepLab `Scale.`-prefixed format); nothing is ever downloaded.
-        pretrained_sha256: expected SHA-256 of that file (optional check).
-        init_checkpoint: local path of a full segmenter state dict (a released checkpoint or
-            another run's Lightning checkpoint) to start from: weights only, fresh optimisers.
-    """
-
-    depth: Literal[18, 34, 50, 101] = 101
-    width: int = 64
-    multi_level: bool = True
-    architecture: Literal["deeplabv2", "dual_classifier"] = "deeplabv2"
-    aspp_summed_branches: Optional[int] = None
-    pretrained: Optional[str] = None
-    pretrained_sha256: Optional[str] = None
-    init_checkpoint: Optional[str] = None
+from udaseg.models import (
+    AUX,
+    MAIN,
+    DeepLabV2,
+    SegmenterFactory,
+    SegmenterOutput,
+    SegmenterWeights,
+    build_segmenter,
+    initialize_segmenter,
+    segmenter_spec,
+)
 
 
 @dataclass(frozen=True)
@@ -81,24 +65,17 @@ class OptimConfig:
     discriminator_betas: tuple[float, float] = (0.9, 0.99)
 
 
-# Lightning checkpoints pickle these configs in `hyper_parameters`; allowing them lets
-# `segmenter.init_checkpoint` read another run's checkpoint with `torch.load(weights_only=True)`.
-torch.serialization.add_safe_globals([SegmenterConfig, OptimConfig])
+# Checkpoints of runs built in Python pickle these configs in `hyper_parameters`; allowing them
+# lets `weights.init_checkpoint` read such a checkpoint with `torch.load(weights_only=True)`.
+torch.serialization.add_safe_globals([OptimConfig, SegmenterWeights])
 
 
-def segmenter_network(config: SegmenterConfig, num_classes: int) -> nn.Module:
-    """The (randomly initialised) network `config.architecture` describes."""
-    if config.architecture == "dual_classifier":
-        return DualClassifierDeepLab(num_classes, depth=config.depth, width=config.width)
-    return DeepLabV2(num_classes, multi_level=config.multi_level, depth=config.depth,
-                     width=config.width, aspp_summed_branches=config.aspp_summed_branches)
-
-
-def level_probabilities(outputs: SegOutput, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Softmax of each level's ("main", "aux") logits, upsampled to `size` first (official)."""
-    levels = {"main": outputs.main, "aux": outputs.aux}
-    return {level: F.softmax(upsample_logits(logits, size), dim=1)
-            for level, logits in levels.items() if logits is not None}
+def level_probabilities(outputs: SegmenterOutput,
+                        size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Softmax of the "main" and (if present) "aux" logits, upsampled to `size` first
+    (official order: upsample, then softmax)."""
+    return {level: F.softmax(upsample_logits(outputs[level], size), dim=1)
+            for level in (MAIN, AUX) if level in outputs}
 
 
 def poly_lr(base_lr: float, iteration: int, max_iters: int, power: float = 0.9,
@@ -120,7 +97,11 @@ class UDAMethod(pl.LightningModule):
     Args:
         num_classes, ignore_index, class_names, eval_subsets: the label space; the CLI links
             them from the data module, so configs never write them.
-        segmenter: network configuration.
+        segmenter: the network, any `udaseg.models.Segmenter`: in a config `class_path` +
+            `init_args` without `num_classes` (the method passes it); in Python the class or a
+            `functools.partial` of it. DeepLabV2 (ResNet-101, multi-level) by default.
+        weights: where the segmenter's initial weights come from (ImageNet file, another run's
+            checkpoint, SHA-256 pins); random initialisation by default.
         optim: optimiser configuration.
         aux_weight: weight of the auxiliary (layer3) source loss, 0.1 in ADVENT.
         bn_stats: "batch" normalises with batch statistics during training and updates the
@@ -132,13 +113,17 @@ class UDAMethod(pl.LightningModule):
             or the target losses reinforce its first, arbitrary predictions.
     """
 
+    #: Whether every training batch must carry a target batch; checked once, in the loop.
+    needs_target: ClassVar[bool] = True
+
     def __init__(
         self,
         num_classes: int = 19,
         ignore_index: int = 255,
         class_names: Optional[list[str]] = None,
         eval_subsets: Optional[dict[str, list[int]]] = None,
-        segmenter: SegmenterConfig = SegmenterConfig(),
+        segmenter: SegmenterFactory = DeepLabV2,
+        weights: SegmenterWeights = SegmenterWeights(),
         optim: OptimConfig = OptimConfig(),
         aux_weight: float = 0.1,
         bn_stats: Literal["batch", "frozen"] = "batch",
@@ -147,6 +132,9 @@ class UDAMethod(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.save_hyperparameters()
+        # Plain data ({"class_path", "init_args"}), so checkpoints and hparams.yaml say which
+        # network this is and `load_from_checkpoint` can rebuild it.
+        self.save_hyperparameters({"segmenter": segmenter_spec(segmenter)})
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])
@@ -154,11 +142,9 @@ class UDAMethod(pl.LightningModule):
             raise ValueError(f"class_names has {len(self.class_names)} entries, "
                              f"num_classes is {num_classes}")
         self.eval_subsets = dict(eval_subsets or {"mIoU": list(range(num_classes))})
-        self.segmenter_config = segmenter
+        # Typed copies: under the CLI `hparams` holds these as plain dicts.
         self.optim_config = optim
-        self.aux_weight = aux_weight
-        self.bn_stats = bn_stats
-        self.adaptation_warmup = adaptation_warmup
+        self.weights_config = weights
         self.segmenter = self.build_segmenter()
         self.discriminators = self.build_discriminators()
         self.val_confusion = ConfusionMatrix(num_classes, ignore_index)
@@ -169,14 +155,35 @@ class UDAMethod(pl.LightningModule):
         self.trained_iterations = 0
 
     # ----------------------------------------------------------------- construction
+    @classmethod
+    def default_segmenter(cls) -> SegmenterFactory:
+        """The segmenter this method builds when none is configured (its constructor default,
+        e.g. CLAN's `DualClassifierDeepLab`); tools use it to size a network for a method."""
+        for klass in cls.__mro__:
+            parameter = inspect.signature(klass.__init__).parameters.get("segmenter")
+            if parameter is not None:
+                return parameter.default
+        raise TypeError(f"{cls.__name__} takes no segmenter")
+
+    def required_heads(self) -> Sequence[str]:
+        """Segmenter heads this method reads besides "main" (e.g. CLAN: "first", "second")."""
+        return ()
+
     def build_segmenter(self) -> nn.Module:
-        config = self.segmenter_config
-        model = segmenter_network(config, self.num_classes)
-        if config.pretrained:
-            load_imagenet_init(model, config.pretrained, sha256=config.pretrained_sha256)
-        if config.init_checkpoint:
-            load_segmenter_checkpoint(model, config.init_checkpoint)
-        return model
+        """The segmenter with its initial weights; fails early if it lacks a required head."""
+        segmenter = build_segmenter(self.hparams.segmenter, self.num_classes)
+        missing = [head for head in self.required_heads() if head not in segmenter.heads]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} needs the segmenter head(s) {missing}, but "
+                f"{type(segmenter).__name__} has {list(segmenter.heads)}: change "
+                f"model.init_args.segmenter{self.head_hint()}")
+        initialize_segmenter(segmenter, self.weights_config)
+        return segmenter
+
+    def head_hint(self) -> str:
+        """Appended to the missing-head error: which segmenter or option would do."""
+        return ""
 
     def build_discriminators(self) -> nn.ModuleDict:
         """Discriminators by name; each gets its own Adam optimiser. None by default."""
@@ -198,7 +205,7 @@ class UDAMethod(pl.LightningModule):
 
     def train(self, mode: bool = True) -> UDAMethod:
         super().train(mode)
-        if mode and self.bn_stats == "frozen":
+        if mode and self.hparams.bn_stats == "frozen":
             for module in self.segmenter.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
@@ -214,16 +221,17 @@ class UDAMethod(pl.LightningModule):
     def max_iters(self) -> int:
         horizon = self.optim_config.max_iters or (self.trainer.max_steps if self._trainer else -1)
         if horizon is None or horizon <= 0:
-            raise ValueError("set trainer.max_steps (iterations) or model.init_args.optim.max_iters:"
-                             " the poly schedule needs a horizon")
+            raise ValueError("set trainer.max_steps (iterations) or "
+                             "model.init_args.optim.max_iters: the poly schedule needs a horizon")
         return horizon
 
     @property
     def adaptation_weight(self) -> float:
         """Multiplier of the target losses at this iteration (see `adaptation_warmup`)."""
-        if self.adaptation_warmup <= 0:
+        warmup = self.hparams.adaptation_warmup
+        if warmup <= 0:
             return 1.0
-        return min(1.0, self.global_step / self.adaptation_warmup)
+        return min(1.0, self.global_step / warmup)
 
     def set_learning_rates(self, optimizers: list) -> None:
         config = self.optim_config
@@ -247,7 +255,11 @@ class UDAMethod(pl.LightningModule):
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         self.set_learning_rates(optimizers)
-        losses = self.adaptation_step(batch["source"], batch.get("target"))
+        target = batch.get("target")
+        if target is None and self.needs_target:
+            raise ValueError(f"{type(self).__name__} adapts to a target stream, but the training "
+                             "batches have none: set data.target")
+        losses = self.adaptation_step(batch["source"], target)
         self.step_optimizers(optimizers)
         source_images = batch["source"]["image"]
         self.log_dict({f"train/{name}": value.detach() for name, value in losses.items()},
@@ -265,10 +277,22 @@ class UDAMethod(pl.LightningModule):
     def adaptation_step(self, source: dict, target: Optional[dict]) -> dict[str, torch.Tensor]:
         """One iteration's losses; call `self.manual_backward` on each, return them for logging.
 
-        `source` has "image" (N, 3, H, W) and "label" (N, H, W); `target` has "image" only, or
-        is None when the run has no target stream.
+        `source` has "image" (N, 3, H, W) and "label" (N, H, W); `target` has "image" only. It
+        is never None when the class sets `needs_target` (the default); otherwise it is None
+        when the run has no target stream.
         """
         raise NotImplementedError
+
+    def supervised_step(self, source: dict) -> tuple[SegmenterOutput, dict[str, torch.Tensor]]:
+        """Source forward, `supervised_loss`, backward: how every iteration starts.
+
+        Returns the source outputs (methods reuse them, e.g. for discriminator maps) and the
+        loss terms for logging.
+        """
+        outputs = self.segmenter(source["image"])
+        losses = self.supervised_loss(outputs, source["label"])
+        self.manual_backward(losses["seg"])
+        return outputs, losses
 
     def source_pixel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of one level's (N, C, h, w) logits against (N, H, W) labels: cross-entropy.
@@ -278,13 +302,15 @@ class UDAMethod(pl.LightningModule):
         """
         return segmentation_cross_entropy(logits, labels, self.ignore_index)
 
-    def supervised_loss(self, outputs: SegOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def supervised_loss(self, outputs: SegmenterOutput,
+                        labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """`L(main) + aux_weight * L(aux)` on labelled source pixels (L = `source_pixel_loss`)."""
-        losses = {"seg_main": self.source_pixel_loss(outputs.main, labels)}
+        losses = {"seg_main": self.source_pixel_loss(outputs[MAIN], labels)}
         total = losses["seg_main"]
-        if outputs.aux is not None and self.aux_weight > 0:
-            losses["seg_aux"] = self.source_pixel_loss(outputs.aux, labels)
-            total = total + self.aux_weight * losses["seg_aux"]
+        aux_weight = self.hparams.aux_weight
+        if AUX in outputs and aux_weight > 0:
+            losses["seg_aux"] = self.source_pixel_loss(outputs[AUX], labels)
+            total = total + aux_weight * losses["seg_aux"]
         losses["seg"] = total
         return losses
 
@@ -300,7 +326,7 @@ class UDAMethod(pl.LightningModule):
     # ----------------------------------------------------------------- evaluation
     def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Main-classifier logits upsampled to `size` (the label resolution in evaluation)."""
-        return upsample_logits(self.segmenter(images).main, size)
+        return upsample_logits(self.segmenter(images)[MAIN], size)
 
     def _evaluate_batch(self, batch: dict, confusion: ConfusionMatrix) -> None:
         labels = batch["label"]

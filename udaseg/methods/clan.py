@@ -9,10 +9,12 @@ taken to be poorly aligned and the adversarial loss is weighted up there.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from udaseg.losses import (
     bce_with_constant,
@@ -23,8 +25,9 @@ from udaseg.losses import (
     weighted_bce_with_constant,
 )
 from udaseg.methods.adversarial import SOURCE_LABEL, TARGET_LABEL, AdversarialMethod
-from udaseg.methods.base import SegmenterConfig, level_probabilities
-from udaseg.models import DualOutput
+from udaseg.methods.base import level_probabilities
+from udaseg.models import MAIN, DualClassifierDeepLab, SegmenterFactory, SegmenterOutput
+from udaseg.models.dual_classifier import FIRST, SECOND
 
 
 class CLAN(AdversarialMethod):
@@ -75,7 +78,8 @@ class CLAN(AdversarialMethod):
         segmentation_loss: "cross_entropy" (default) or "focal" (official code).
         focal_gamma: gamma of the focal loss.
         detach_alignment_map: stop the generator's adversarial gradient through M (paper).
-        segmenter: must have `architecture="dual_classifier"` (the default here).
+        segmenter: a segmenter with two classifiers (heads "first", "second" and
+            `classifier_pair()`): `udaseg.models.DualClassifierDeepLab`, the default here.
         **kwargs: `AdversarialMethod` arguments; `adaptation_warmup` ramps the adversarial term.
     """
 
@@ -83,27 +87,28 @@ class CLAN(AdversarialMethod):
                  lambda_local: float = 40.0, epsilon: float = 0.4, preheat_iters: int = 5000,
                  segmentation_loss: Literal["cross_entropy", "focal"] = "cross_entropy",
                  focal_gamma: float = 2.0, detach_alignment_map: bool = True,
-                 segmenter: SegmenterConfig = SegmenterConfig(architecture="dual_classifier",
-                                                              multi_level=False),
-                 **kwargs) -> None:
-        if segmenter.architecture != "dual_classifier":
-            raise ValueError("CLAN needs two classifiers on layer4: set model.init_args.segmenter."
-                             f"architecture to dual_classifier (got {segmenter.architecture!r})")
+                 segmenter: SegmenterFactory = DualClassifierDeepLab, **kwargs) -> None:
         if segmentation_loss not in ("cross_entropy", "focal"):
             raise ValueError(f"segmentation_loss must be 'cross_entropy' or 'focal', "
                              f"got {segmentation_loss!r}")
-        self.lambda_weight = lambda_weight
-        self.lambda_adv = lambda_adv
-        self.lambda_local = lambda_local
-        self.epsilon = epsilon
-        self.preheat_iters = preheat_iters
-        self.segmentation_loss = segmentation_loss
-        self.focal_gamma = focal_gamma
-        self.detach_alignment_map = detach_alignment_map
         super().__init__(segmenter=segmenter, **kwargs)
 
+    def required_heads(self) -> Sequence[str]:
+        return [FIRST, SECOND]
+
+    def head_hint(self) -> str:
+        return " to a segmenter with two classifiers, e.g. udaseg.models.DualClassifierDeepLab"
+
+    def build_segmenter(self) -> nn.Module:
+        segmenter = super().build_segmenter()
+        if not callable(getattr(segmenter, "classifier_pair", None)):
+            raise ValueError(f"CLAN keeps two classifiers apart, but {type(segmenter).__name__} "
+                             "has no classifier_pair(): change model.init_args.segmenter"
+                             + self.head_hint())
+        return segmenter
+
     def discriminator_levels(self) -> Sequence[str]:
-        return ["main"]  # one discriminator, on the summed prediction
+        return [MAIN]  # one discriminator, on the summed prediction
 
     # ----------------------------------------------------------------- schedules
     @property
@@ -114,18 +119,19 @@ class CLAN(AdversarialMethod):
     @property
     def adaptive_weighting(self) -> bool:
         """Whether the pre-heat is over and the adversarial BCE is weighted by the map."""
-        return self.global_step >= self.preheat_iters
+        return self.global_step >= self.hparams.preheat_iters
 
     # ----------------------------------------------------------------- losses
     def source_pixel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.segmentation_loss == "focal":
-            return focal_loss(logits, labels, self.focal_gamma, self.ignore_index)
+        if self.hparams.segmentation_loss == "focal":
+            return focal_loss(logits, labels, self.hparams.focal_gamma, self.ignore_index)
         return super().source_pixel_loss(logits, labels)
 
-    def supervised_loss(self, outputs: DualOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def supervised_loss(self, outputs: SegmenterOutput,
+                        labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """`L(z1) + L(z2)`: each classifier is trained on its own (official `loss_seg`)."""
-        losses = {"seg_first": self.source_pixel_loss(outputs.first, labels),
-                  "seg_second": self.source_pixel_loss(outputs.second, labels)}
+        losses = {"seg_first": self.source_pixel_loss(outputs[FIRST], labels),
+                  "seg_second": self.source_pixel_loss(outputs[SECOND], labels)}
         losses["seg"] = losses["seg_first"] + losses["seg_second"]
         return losses
 
@@ -140,39 +146,37 @@ class CLAN(AdversarialMethod):
         logits = self.discriminate(probability)
         if not self.adaptive_weighting:
             return bce_with_constant(logits, label)
-        return weighted_bce_with_constant(logits, label, alignment_map, self.epsilon,
-                                          self.lambda_local)
+        return weighted_bce_with_constant(logits, label, alignment_map, self.hparams.epsilon,
+                                          self.hparams.lambda_local)
 
     def weight_discrepancy(self) -> torch.Tensor:
-        return weight_discrepancy_loss(list(self.segmenter.layer5.parameters()),
-                                       list(self.segmenter.layer6.parameters()))
+        first, second = self.segmenter.classifier_pair()
+        return weight_discrepancy_loss(list(first.parameters()), list(second.parameters()))
 
     # ----------------------------------------------------------------- iteration
-    def adaptation_step(self, source: dict, target: Optional[dict]) -> dict[str, torch.Tensor]:
-        if target is None:
-            raise ValueError("CLAN needs a target stream: set data.target")
+    def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
+        hparams = self.hparams
         damping = self.damping
         source_size, target_size = (tuple(batch["image"].shape[-2:]) for batch in (source, target))
         with self.frozen_discriminators():
-            source_outputs = self.segmenter(source["image"])
-            losses = self.supervised_loss(source_outputs, source["label"])
-            self.manual_backward(losses["seg"])
+            source_outputs, losses = self.supervised_step(source)
 
             target_outputs = self.segmenter(target["image"])
-            first, second = (F.softmax(upsample_logits(logits, target_size), dim=1)
-                             for logits in (target_outputs.first, target_outputs.second))
+            first, second = (F.softmax(upsample_logits(target_outputs[head], target_size), dim=1)
+                             for head in (FIRST, SECOND))
             alignment_map = local_alignment_map(first, second)
-            target_probability = level_probabilities(target_outputs, target_size)["main"]
-            generator_map = alignment_map.detach() if self.detach_alignment_map else alignment_map
+            target_probability = level_probabilities(target_outputs, target_size)[MAIN]
+            generator_map = (alignment_map.detach() if hparams.detach_alignment_map
+                             else alignment_map)
             losses["adv"] = self.adversarial_loss(target_probability, SOURCE_LABEL, generator_map)
             losses["weight_discrepancy"] = self.weight_discrepancy()
             # One backward for both generator terms (the official code does two; same gradient).
             self.manual_backward(damping * (
-                self.adaptation_weight * self.lambda_adv * losses["adv"]
-                + self.lambda_weight * losses["weight_discrepancy"]))
+                self.adaptation_weight * hparams.lambda_adv * losses["adv"]
+                + hparams.lambda_weight * losses["weight_discrepancy"]))
 
         with torch.no_grad():  # the discriminator sees detached maps only
-            source_probability = level_probabilities(source_outputs, source_size)["main"]
+            source_probability = level_probabilities(source_outputs, source_size)[MAIN]
         losses["disc_source"] = bce_with_constant(self.discriminate(source_probability),
                                                   SOURCE_LABEL)
         self.manual_backward(losses["disc_source"])

@@ -57,15 +57,14 @@ class ConservativeLoss(OutputSpaceAdversarial):
             raise ValueError(f"discriminator_input must be 'softmax' or 'entropy', "
                              f"got {discriminator_input!r}")
         super().__init__(**kwargs)
-        self.conservative_base = conservative_base
-        self.conservative_weight = conservative_weight
-        self.form = form
-        self.map_kind = discriminator_input
 
     def source_pixel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss = conservative_loss if self.form == "signed" else conservative_loss_published
-        return loss(logits, labels, base=self.conservative_base, weight=self.conservative_weight,
-                    ignore_index=self.ignore_index)
+        hparams = self.hparams
+        loss = conservative_loss if hparams.form == "signed" else conservative_loss_published
+        return loss(logits, labels, base=hparams.conservative_base,
+                    weight=hparams.conservative_weight, ignore_index=self.ignore_index)
 
     def discriminator_input(self, probability: torch.Tensor) -> torch.Tensor:
-        return entropy_map(probability) if self.map_kind == "entropy" else probability
+        if self.hparams.discriminator_input == "entropy":
+            return entropy_map(probability)
+        return probability

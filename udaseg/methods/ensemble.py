@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from udaseg.losses import upsample_logits
-from udaseg.methods.base import UDAMethod, segmenter_network
-from udaseg.models import load_segmenter_checkpoint
+from udaseg.methods.base import UDAMethod
+from udaseg.models import MAIN, build_segmenter, load_segmenter_checkpoint
 
 
 class Ensemble(UDAMethod):
@@ -21,28 +21,24 @@ class Ensemble(UDAMethod):
     Args:
         checkpoints: local paths of the members: udaseg/Lightning checkpoints or released plain
             DeepLabV2 state dicts (e.g. `GTA2Cityscapes_AdvEnt.pth`); all built with `segmenter`
-            (`architecture: dual_classifier` for CLAN members).
-        weights: optional per-member weights (normalised), equal by default.
+            (`udaseg.models.DualClassifierDeepLab` for CLAN members).
+        member_weights: optional per-member weights (normalised), equal by default.
         **kwargs: `UDAMethod` arguments (`segmenter` describes the members' architecture).
     """
 
-    def __init__(self, checkpoints: list[str], weights: Optional[list[float]] = None,
+    def __init__(self, checkpoints: list[str], member_weights: Optional[list[float]] = None,
                  **kwargs) -> None:
         if len(checkpoints) < 2:
             raise ValueError("Ensemble needs at least two checkpoints")
-        if weights is not None and len(weights) != len(checkpoints):
-            raise ValueError(f"Ensemble got {len(weights)} weights for "
+        if member_weights is not None and len(member_weights) != len(checkpoints):
+            raise ValueError(f"Ensemble got {len(member_weights)} member_weights for "
                              f"{len(checkpoints)} checkpoints")
-        self.checkpoints = list(checkpoints)
-        total = sum(weights) if weights else len(checkpoints)
-        self.member_weights = [w / total for w in (weights or [1.0] * len(checkpoints))]
         super().__init__(**kwargs)
 
     def build_segmenter(self) -> nn.Module:
-        config = self.segmenter_config
         members = nn.ModuleList()
-        for path in self.checkpoints:
-            member = segmenter_network(config, self.num_classes)
+        for path in self.hparams.checkpoints:
+            member = build_segmenter(self.hparams.segmenter, self.num_classes)
             load_segmenter_checkpoint(member, path)
             members.append(member.eval())
         return members
@@ -51,7 +47,15 @@ class Ensemble(UDAMethod):
         raise RuntimeError("Ensemble is for `udaseg validate` / `udaseg test` only")
 
     def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Returns averaged probabilities (argmax-compatible with logits)."""
-        probabilities = [weight * F.softmax(upsample_logits(member(images).main, size), dim=1)
-                         for weight, member in zip(self.member_weights, self.segmenter)]
-        return torch.stack(probabilities).sum(dim=0)
+        """Log of the weighted mean of the members' softmax outputs.
+
+        A log-probability is a valid logit: its argmax is the ensemble's prediction and its
+        softmax gives back the averaged probabilities, which is what entropy maps and any other
+        caller that applies a softmax need.
+        """
+        weights = self.hparams.member_weights or [1.0] * len(self.segmenter)
+        total = sum(weights)
+        probability = sum(weight / total * F.softmax(upsample_logits(member(images)[MAIN], size),
+                                                      dim=1)
+                          for weight, member in zip(weights, self.segmenter, strict=True))
+        return torch.log(probability.clamp_min(1e-30))

@@ -1,7 +1,7 @@
 """MaxSquare (Chen, Xue, Cai, ICCV 2019): maximum squares loss on target predictions, with
 image-wise class weighting and multi-level self-produced guidance.
 
-The paper adapts a source-only model: set `segmenter.init_checkpoint` to the source run's
+The paper adapts a source-only model: set `weights.init_checkpoint` to the source run's
 `last.ckpt` (weights only; optimisers and the poly schedule start fresh), as the real-benchmark
 configs do. Official-code choices (README "Official quirks"):
 - The MaxSquare DeepLabV2 sums only the dilation-6 and -12 classifier branches (a `return`
@@ -15,7 +15,7 @@ configs do. Official-code choices (README "Official quirks"):
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Sequence
 
 import torch
 
@@ -26,6 +26,7 @@ from udaseg.losses import (
     self_produced_guidance,
 )
 from udaseg.methods.base import UDAMethod, level_probabilities
+from udaseg.models import AUX, MAIN
 
 
 class MaxSquare(UDAMethod):
@@ -45,8 +46,8 @@ class MaxSquare(UDAMethod):
             best GTA5 run; the script's own default is 1).
         image_wise_weighting: use the IW loss (paper: +0.9 mIoU on GTA5->CS).
         iw_ratio: alpha of the IW weights, 0.2.
-        multi_level_guidance: self-produced guidance on the auxiliary classifier (needs
-            `segmenter.multi_level`).
+        multi_level_guidance: self-produced guidance on the auxiliary classifier (needs a
+            segmenter with an "aux" head, e.g. DeepLabV2 with `multi_level: true`).
         guidance_threshold: confidence threshold of the pseudo-labels, 0.95.
         guidance_weight: weight of the guidance CE relative to the main target loss, 0.1.
         **kwargs: `UDAMethod` arguments.
@@ -57,36 +58,31 @@ class MaxSquare(UDAMethod):
                  guidance_threshold: float = 0.95, guidance_weight: float = 0.1,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        if multi_level_guidance and not self.segmenter_config.multi_level:
-            raise ValueError("MaxSquare multi_level_guidance needs the auxiliary classifier: set "
-                             "model.init_args.segmenter.multi_level: true or "
-                             "multi_level_guidance: false")
-        self.lambda_target = lambda_target
-        self.image_wise_weighting = image_wise_weighting
-        self.iw_ratio = iw_ratio
-        self.multi_level_guidance = multi_level_guidance
-        self.guidance_threshold = guidance_threshold
-        self.guidance_weight = guidance_weight
 
-    def adaptation_step(self, source: dict, target: Optional[dict]) -> dict[str, torch.Tensor]:
-        if target is None:
-            raise ValueError("MaxSquare needs a target stream: set data.target")
-        losses = self.supervised_loss(self.segmenter(source["image"]), source["label"])
-        self.manual_backward(losses["seg"])
+    def required_heads(self) -> Sequence[str]:
+        return [AUX] if self.hparams.multi_level_guidance else []
 
+    def head_hint(self) -> str:
+        return (" to one with an auxiliary classifier (udaseg.models.DeepLabV2 with "
+                "multi_level: true), or set model.init_args.multi_level_guidance: false")
+
+    def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
+        hparams = self.hparams
+        _, losses = self.supervised_step(source)
         target_outputs = self.segmenter(target["image"])
-        size = tuple(target["image"].shape[-2:])
-        probabilities = level_probabilities(target_outputs, size)
-        main_probability = probabilities["main"]
-        losses["maxsquare"] = (iw_maxsquare_loss(main_probability, self.iw_ratio)
-                               if self.image_wise_weighting else maxsquare_loss(main_probability))
+        probabilities = level_probabilities(target_outputs, tuple(target["image"].shape[-2:]))
+        main_probability = probabilities[MAIN]
+        if hparams.image_wise_weighting:
+            losses["maxsquare"] = iw_maxsquare_loss(main_probability, hparams.iw_ratio)
+        else:
+            losses["maxsquare"] = maxsquare_loss(main_probability)
         target_total = losses["maxsquare"]
-        if self.multi_level_guidance:
-            pseudo_labels = self_produced_guidance(main_probability, probabilities["aux"],
-                                                   self.guidance_threshold, self.ignore_index)
-            losses["guidance"] = segmentation_cross_entropy(target_outputs.aux, pseudo_labels,
+        if hparams.multi_level_guidance:
+            pseudo_labels = self_produced_guidance(main_probability, probabilities[AUX],
+                                                   hparams.guidance_threshold, self.ignore_index)
+            losses["guidance"] = segmentation_cross_entropy(target_outputs[AUX], pseudo_labels,
                                                             self.ignore_index)
             losses["guided_fraction"] = (pseudo_labels != self.ignore_index).float().mean()
-            target_total = target_total + self.guidance_weight * losses["guidance"]
-        self.manual_backward(self.adaptation_weight * self.lambda_target * target_total)
+            target_total = target_total + hparams.guidance_weight * losses["guidance"]
+        self.manual_backward(self.adaptation_weight * hparams.lambda_target * target_total)
         return losses

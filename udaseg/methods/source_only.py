@@ -16,7 +16,7 @@ class SourceOnly(UDAMethod):
     instead (a config change only), it is the target oracle, the upper bound.
     """
 
+    needs_target = False
+
     def adaptation_step(self, source: dict, target: Optional[dict]) -> dict[str, torch.Tensor]:
-        losses = self.supervised_loss(self.segmenter(source["image"]), source["label"])
-        self.manual_backward(losses["seg"])
-        return losses
+        return self.supervised_step(source)[1]

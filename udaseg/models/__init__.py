@@ -1,27 +1,45 @@
-"""Segmentation models: DeepLabV2 on a dilated ResNet, and loading their weights from disk."""
+"""Segmentation networks (the `Segmenter` protocol), the discriminator, and weight loading."""
 
-from udaseg.models.deeplabv2 import ClassifierASPP, DeepLabV2, SegOutput, seg_output_size
+from udaseg.models.deeplabv2 import ClassifierASPP, DeepLabV2, seg_output_size
 from udaseg.models.discriminator import FCDiscriminator
-from udaseg.models.dual_classifier import DualClassifierDeepLab, DualOutput
+from udaseg.models.dual_classifier import DualClassifierDeepLab
 from udaseg.models.resnet import ResNetBackbone
+from udaseg.models.segmenter import (
+    AUX,
+    MAIN,
+    Segmenter,
+    SegmenterFactory,
+    SegmenterOutput,
+    build_segmenter,
+    segmenter_spec,
+)
 from udaseg.models.weights import (
+    SegmenterWeights,
     WeightsError,
+    initialize_segmenter,
     load_imagenet_init,
     load_segmenter_checkpoint,
     sha256_of,
 )
 
 __all__ = [
+    "AUX",
     "ClassifierASPP",
     "DeepLabV2",
     "DualClassifierDeepLab",
-    "DualOutput",
     "FCDiscriminator",
+    "MAIN",
     "ResNetBackbone",
-    "SegOutput",
+    "Segmenter",
+    "SegmenterFactory",
+    "SegmenterOutput",
+    "SegmenterWeights",
     "WeightsError",
+    "build_segmenter",
+    "initialize_segmenter",
     "load_imagenet_init",
     "load_segmenter_checkpoint",
     "seg_output_size",
+    "segmenter_spec",
     "sha256_of",
 ]

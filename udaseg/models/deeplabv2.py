@@ -8,25 +8,17 @@ Losses and evaluation upsample the logits to the label size, so this never needs
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import nn
 
 from udaseg.models.resnet import ResNetBackbone
+from udaseg.models.segmenter import AUX, MAIN, SegmenterOutput
 
 #: Top-level module names of the classifiers (the 10x learning-rate group).
 CLASSIFIER_MODULES: tuple[str, ...] = ("layer5", "layer6")
-
-
-class SegOutput(NamedTuple):
-    """Logits of a segmenter at 1/8 resolution, each (N, num_classes, h, w).
-
-    `aux` comes from the layer3 classifier (None for single-level models), `main` from layer4.
-    """
-
-    aux: Optional[torch.Tensor]
-    main: torch.Tensor
 
 
 def seg_output_size(size: int) -> int:
@@ -71,6 +63,9 @@ class ClassifierASPP(nn.Module):
 class DeepLabV2(ResNetBackbone):
     """DeepLabV2 with an optional auxiliary classifier, state-dict compatible with ADVENT.
 
+    Heads: "main" (`layer6` on layer4) and, if `multi_level`, "aux" (`layer5` on layer3), both
+    at output stride 8.
+
     Args:
         num_classes: number of output classes (19 for Cityscapes, 16/13 for SYNTHIA runs).
         multi_level: add the auxiliary classifier `layer5` on layer3 features (ADVENT, MaxSquare,
@@ -102,12 +97,16 @@ class DeepLabV2(ResNetBackbone):
         )
         self.layer6 = ClassifierASPP(layer4_channels, num_classes, self.aspp_dilations,
                                      aspp_summed_branches)
+        self.heads = (MAIN, AUX) if multi_level else (MAIN,)
 
-    def forward(self, images: torch.Tensor) -> SegOutput:
-        """(N, 3, H, W) normalised images -> SegOutput of 1/8-resolution logits."""
+    def forward(self, images: torch.Tensor) -> SegmenterOutput:
+        """(N, 3, H, W) normalised images -> {"main", "aux"}: 1/8-resolution logits."""
         feat3, feat4 = self.forward_features(images)
-        aux = self.layer5(feat3) if self.layer5 is not None else None
-        return SegOutput(aux=aux, main=self.layer6(feat4))
+        if self.layer5 is None:
+            return {MAIN: self.layer6(feat4)}
+        # aux first, as always: the order fixes how autograd sums the two gradients into feat3
+        aux = self.layer5(feat3)
+        return {MAIN: self.layer6(feat4), AUX: aux}
 
     def classifier_parameters(self) -> list[nn.Parameter]:
         """Trainable classifier parameters (`layer5` if present, `layer6`), each exactly once."""

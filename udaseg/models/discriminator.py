@@ -30,7 +30,7 @@ class FCDiscriminator(nn.Sequential):
     def __init__(self, in_channels: int, width: int = 64) -> None:
         channels = [in_channels, width, width * 2, width * 4, width * 8, 1]
         layers: list[nn.Module] = []
-        for index, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
+        for index, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
             if index > 0:
                 layers.append(nn.LeakyReLU(negative_slope=0.2))
             layers.append(nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1))

@@ -9,37 +9,23 @@ which is also how the official state dict names them, so its checkpoints load wi
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
-
 import torch
 from torch import nn
 
 from udaseg.models.deeplabv2 import CLASSIFIER_MODULES, ClassifierASPP
 from udaseg.models.resnet import ResNetBackbone
+from udaseg.models.segmenter import MAIN, SegmenterOutput
 
-
-class DualOutput(NamedTuple):
-    """Logits of the two classifiers at 1/8 resolution, each (N, num_classes, h, w).
-
-    `first` comes from `layer5`, `second` from `layer6`. `main` is their sum, the official CLAN
-    prediction, so evaluation code written for `SegOutput` (`.main`, `.aux`) works unchanged;
-    `aux` is always None (there is no layer3 classifier).
-    """
-
-    first: torch.Tensor
-    second: torch.Tensor
-
-    @property
-    def main(self) -> torch.Tensor:
-        return self.first + self.second
-
-    @property
-    def aux(self) -> Optional[torch.Tensor]:
-        return None
+#: Heads of the two classifiers (`layer5`, `layer6`); "main" is their sum.
+FIRST, SECOND = "first", "second"
 
 
 class DualClassifierDeepLab(ResNetBackbone):
     """Dilated ResNet with two independent ASPP-sum classifiers on layer4 (CLAN generator).
+
+    Heads: "first" (`layer5`) and "second" (`layer6`), and "main" = first + second, the official
+    CLAN prediction (so evaluation, prediction and `Ensemble` need nothing special). There is no
+    "aux" head. `classifier_pair()` gives the two classifiers (CLAN's weight-discrepancy loss).
 
     Args:
         num_classes: number of output classes.
@@ -61,11 +47,17 @@ class DualClassifierDeepLab(ResNetBackbone):
         layer4_channels = self.out_channels[1]
         self.layer5 = ClassifierASPP(layer4_channels, num_classes, self.aspp_dilations)
         self.layer6 = ClassifierASPP(layer4_channels, num_classes, self.aspp_dilations)
+        self.heads = (MAIN, FIRST, SECOND)
 
-    def forward(self, images: torch.Tensor) -> DualOutput:
-        """(N, 3, H, W) normalised images -> DualOutput of 1/8-resolution logits."""
+    def forward(self, images: torch.Tensor) -> SegmenterOutput:
+        """(N, 3, H, W) normalised images -> {"first", "second", "main"}: 1/8-resolution logits."""
         _, features = self.forward_features(images)
-        return DualOutput(first=self.layer5(features), second=self.layer6(features))
+        first, second = self.layer5(features), self.layer6(features)
+        return {MAIN: first + second, FIRST: first, SECOND: second}
+
+    def classifier_pair(self) -> tuple[nn.Module, nn.Module]:
+        """The two classifiers whose weights CLAN keeps apart (`layer5`, `layer6`)."""
+        return self.layer5, self.layer6
 
     def classifier_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of both classifiers (the 10x LR group), each exactly once."""

@@ -2,16 +2,21 @@
 
 Module and parameter names follow the official DeepLabV2 UDA code (AdaptSegNet, ADVENT, CLAN),
 so released checkpoints and the `Scale.`-prefixed ImageNet init load without renaming. Segmenters
-(DeepLabV2 here, a CLAN variant later) subclass `ResNetBackbone`, which keeps `conv1`, `bn1` and
-`layer1..4` at the top level of their state dict.
+on it (`DeepLabV2`, CLAN's `DualClassifierDeepLab`) subclass `ResNetBackbone`, which keeps
+`conv1`, `bn1` and `layer1..4` at the top level of their state dict and reads ImageNet weights
+in two formats: a torchvision ResNet state dict, or the official Caffe-converted
+`DeepLab_resnet_pretrained_imagenet.pth` (keys prefixed `Scale.`).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Union
+from typing import ClassVar, Literal, Union
 
 import torch
 from torch import nn
+
+from udaseg.models.segmenter import Segmenter
+from udaseg.models.weights import WeightsError, is_bn_counter, listing, mismatch_message
 
 #: Top-level module names that make up the backbone (the 1x learning-rate group).
 BACKBONE_MODULES: tuple[str, ...] = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
@@ -115,7 +120,27 @@ def make_layer(block: Block, in_channels: int, planes: int, num_blocks: int,
     return nn.Sequential(*blocks)
 
 
-class ResNetBackbone(nn.Module):
+ResNetFormat = Literal["torchvision", "deeplab"]
+
+
+def _detect_format(keys: list[str], source: str) -> ResNetFormat:
+    if "conv1.weight" in keys:
+        return "torchvision"
+    if all("." in k for k in keys) and any(k.split(".", 1)[1] == "conv1.weight" for k in keys):
+        return "deeplab"
+    raise WeightsError(f"cannot tell the format of {source}: no `conv1.weight` or `<prefix>."
+                       f"conv1.weight` key (first keys: {listing(keys[:5])})")
+
+
+def _backbone_from_file(state: dict[str, torch.Tensor],
+                        fmt: ResNetFormat) -> dict[str, torch.Tensor]:
+    """Rename to our keys and keep only backbone tensors (drop `fc.*` or DeepLab's `layer5.*`)."""
+    if fmt == "deeplab":  # the official loader drops the first key component (`Scale.`)
+        state = {k.split(".", 1)[1]: v for k, v in state.items() if "." in k}
+    return {k: v for k, v in state.items() if k.split(".", 1)[0] in BACKBONE_MODULES}
+
+
+class ResNetBackbone(Segmenter):
     """DeepLab ResNet with output stride 8: layer3/layer4 use dilation 2/4 instead of stride.
 
     Args:
@@ -126,6 +151,8 @@ class ResNetBackbone(nn.Module):
     `forward_features` returns the (layer3, layer4) feature maps, both at 1/8 resolution, with
     `out_channels` channels (1024, 2048 for ResNet-50/101 at width 64).
     """
+
+    pretrained_formats: ClassVar[tuple[str, ...]] = ("torchvision", "deeplab")
 
     def __init__(self, depth: int = 101, width: int = 64) -> None:
         super().__init__()
@@ -169,10 +196,30 @@ class ResNetBackbone(nn.Module):
         feat4 = self.layer4(feat3)
         return feat3, feat4
 
-    def forward(self, images: torch.Tensor):  # subclasses return their own output type
-        return self.forward_features(images)
-
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Trainable backbone parameters (frozen BN affine excluded), each exactly once."""
         return [p for name in BACKBONE_MODULES
                 for p in getattr(self, name).parameters() if p.requires_grad]
+
+    def load_pretrained(self, state: dict[str, torch.Tensor], fmt: str, source: str) -> list[str]:
+        """Load ImageNet backbone weights (torchvision or DeepLab `Scale.` format) in place.
+
+        Every backbone tensor of the model must be in the file with the same shape (BN
+        `num_batches_tracked` counters may be absent); classifier keys in the file are ignored.
+        Returns the model's state-dict keys left untouched: the classifiers, plus any
+        `num_batches_tracked` counters the file did not have.
+        """
+        resolved: ResNetFormat = _detect_format(list(state), source) if fmt == "auto" else fmt
+        incoming = _backbone_from_file(state, resolved)
+        target = self.state_dict()
+        wanted = [k for k in target if k.split(".", 1)[0] in BACKBONE_MODULES]
+        missing = [k for k in wanted if k not in incoming and not is_bn_counter(k)]
+        unexpected = [k for k in incoming if k not in target]
+        mismatched = [f"{k}: model {tuple(target[k].shape)}, file {tuple(incoming[k].shape)}"
+                      for k in wanted if k in incoming and incoming[k].shape != target[k].shape]
+        if missing or unexpected or mismatched:
+            raise WeightsError(mismatch_message(
+                f"{source} ({resolved} format) does not fit the model's backbone", missing,
+                unexpected, mismatched))
+        self.load_state_dict({**target, **incoming}, strict=True)
+        return [k for k in target if k not in incoming]

@@ -1,9 +1,11 @@
 """Loading segmenter weights from local files only (never from a hub at run time).
 
-Two entry points:
-- `load_imagenet_init`: backbone-only init from a torchvision ResNet state dict or the official
-  Caffe-converted `DeepLab_resnet_pretrained_imagenet.pth` (keys prefixed `Scale.`).
-- `load_segmenter_checkpoint`: a full released or Lightning checkpoint, loaded strictly.
+- `SegmenterWeights`: the typed setting (`model.init_args.weights`) saying where a run's
+  segmenter weights come from; `initialize_segmenter` applies it to any segmenter.
+- `load_imagenet_init`: pretrained (ImageNet) init in one of the formats the segmenter declares
+  (`Segmenter.pretrained_formats`; the DeepLab ResNets read torchvision files and the official
+  Caffe-converted `DeepLab_resnet_pretrained_imagenet.pth`).
+- `load_segmenter_checkpoint`: a full released or Lightning checkpoint, loaded strictly by key.
 Every failure raises `WeightsError` naming the file and saying what did not match.
 """
 
@@ -11,13 +13,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 from torch import nn
 
-from udaseg.models.resnet import BACKBONE_MODULES, ResNetBackbone
+if TYPE_CHECKING:
+    from udaseg.models.segmenter import Segmenter
 
 PathLike = Union[str, Path]
 StateDict = dict[str, torch.Tensor]
@@ -60,78 +64,44 @@ def _load_file(path: PathLike, sha256: Optional[str]) -> object:
         ) from err
 
 
-def _as_state_dict(obj: object, path: PathLike) -> StateDict:
+def as_state_dict(obj: object, path: PathLike) -> StateDict:
     if not isinstance(obj, Mapping) or not obj:
         raise WeightsError(f"{path} does not contain a state dict (got {type(obj).__name__})")
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise WeightsError(f"{path} is not a state dict of tensors; offending entries: "
-                           f"{_listing(bad)}")
+                           f"{listing(bad)}")
     return dict(obj)
 
 
-def _listing(items: list[str]) -> str:
+def listing(items: list[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
     more = len(items) - _MAX_LISTED
     return shown + (f", ... and {more} more" if more > 0 else "")
 
 
-def _shape(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
-def _is_bn_counter(key: str) -> bool:
+def is_bn_counter(key: str) -> bool:
     """`num_batches_tracked` is absent from pre-0.4.1 files (e.g. the Caffe-converted init)."""
     return key.endswith(".num_batches_tracked")
 
 
-def _detect_format(keys: list[str], path: PathLike) -> Literal["torchvision", "deeplab"]:
-    if "conv1.weight" in keys:
-        return "torchvision"
-    if all("." in k for k in keys) and any(k.split(".", 1)[1] == "conv1.weight" for k in keys):
-        return "deeplab"
-    raise WeightsError(f"cannot tell the format of {path}: no `conv1.weight` or `<prefix>."
-                       f"conv1.weight` key (first keys: {_listing(keys[:5])})")
+def load_imagenet_init(model: Segmenter, path: PathLike, sha256: Optional[str] = None,
+                       fmt: str = "auto") -> list[str]:
+    """Load pretrained (ImageNet) weights from a local file into any segmenter, in place.
 
-
-def _backbone_from_file(state: StateDict, fmt: Literal["torchvision", "deeplab"]) -> StateDict:
-    """Rename to our keys and keep only backbone tensors (drop `fc.*` or DeepLab's `layer5.*`)."""
-    if fmt == "deeplab":  # the official loader drops the first key component (`Scale.`)
-        state = {k.split(".", 1)[1]: v for k, v in state.items() if "." in k}
-    return {k: v for k, v in state.items() if k.split(".", 1)[0] in BACKBONE_MODULES}
-
-
-def load_imagenet_init(model: ResNetBackbone, path: PathLike, sha256: Optional[str] = None,
-                       fmt: Literal["auto", "torchvision", "deeplab"] = "auto") -> list[str]:
-    """Load ImageNet backbone weights into a DeepLabV2 (or any `ResNetBackbone`) in place.
-
-    Every backbone tensor of the model must be in the file with the same shape (BN
-    `num_batches_tracked` counters may be absent); classifier keys in the file are ignored.
-    Returns the model's state-dict keys that were left untouched: the classifiers, plus any
-    `num_batches_tracked` counters the file did not have.
+    `fmt` is "auto" or one of the segmenter's `pretrained_formats` (DeepLab ResNets read
+    "torchvision" and "deeplab", the Caffe-converted `Scale.*` file). Returns the model's
+    state-dict keys the file left untouched (e.g. the classifiers).
     """
-    if fmt not in ("auto", "torchvision", "deeplab"):
-        raise ValueError(f"fmt must be 'auto', 'torchvision' or 'deeplab', got {fmt!r}")
-    state = _as_state_dict(_load_file(path, sha256), path)
-    if fmt == "auto":
-        fmt = _detect_format(list(state), path)
-    incoming = _backbone_from_file(state, fmt)
-
-    target = model.state_dict()
-    wanted = [k for k in target if k.split(".", 1)[0] in BACKBONE_MODULES]
-    missing = [k for k in wanted if k not in incoming and not _is_bn_counter(k)]
-    unexpected = [k for k in incoming if k not in target]
-    mismatched = [f"{k}: model {_shape(target[k])}, file {_shape(incoming[k])}"
-                  for k in wanted if k in incoming and incoming[k].shape != target[k].shape]
-    if missing or unexpected or mismatched:
-        raise WeightsError(_mismatch_message(
-            f"{path} ({fmt} format) does not fit the model's backbone", missing, unexpected,
-            mismatched))
-
-    merged = dict(target)
-    merged.update(incoming)
-    model.load_state_dict(merged, strict=True)
-    return [k for k in target if k not in incoming]
+    formats = type(model).pretrained_formats
+    if not formats:
+        raise WeightsError(f"{type(model).__name__} reads no pretrained weight files, but "
+                           f"{path} was given: leave weights.pretrained empty")
+    if fmt != "auto" and fmt not in formats:
+        raise WeightsError(f"{type(model).__name__} reads pretrained formats {list(formats)} "
+                           f"(or 'auto'), got {fmt!r} for {path}")
+    state = as_state_dict(_load_file(path, sha256), path)
+    return model.load_pretrained(state, fmt, str(path))
 
 
 def _strip_prefixes(state: StateDict) -> StateDict:
@@ -155,15 +125,15 @@ def load_segmenter_checkpoint(model: nn.Module, path: PathLike, sha256: Optional
     obj = _load_file(path, sha256)
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]  # Lightning checkpoint
-    state = _strip_prefixes(_as_state_dict(obj, path))
+    state = _strip_prefixes(as_state_dict(obj, path))
 
     target = model.state_dict()
-    missing = [k for k in target if k not in state and not _is_bn_counter(k)]
+    missing = [k for k in target if k not in state and not is_bn_counter(k)]
     unexpected = [k for k in state if k not in target]
-    mismatched = [f"{k}: model {_shape(target[k])}, file {_shape(state[k])}"
+    mismatched = [f"{k}: model {tuple(target[k].shape)}, file {tuple(state[k].shape)}"
                   for k in target if k in state and state[k].shape != target[k].shape]
     if mismatched or (strict and (missing or unexpected)):
-        raise WeightsError(_mismatch_message(
+        raise WeightsError(mismatch_message(
             f"{path} does not fit {type(model).__name__}", missing, unexpected, mismatched))
 
     merged = dict(target)
@@ -172,16 +142,54 @@ def load_segmenter_checkpoint(model: nn.Module, path: PathLike, sha256: Optional
     return [k for k in target if k not in state]
 
 
-def _mismatch_message(head: str, missing: list[str], unexpected: list[str],
-                      mismatched: list[str]) -> str:
+def mismatch_message(head: str, missing: list[str], unexpected: list[str],
+                     mismatched: list[str]) -> str:
     lines = [head + ":"]
     if missing:
-        lines.append(f"  missing keys ({len(missing)}): {_listing(missing)}")
+        lines.append(f"  missing keys ({len(missing)}): {listing(missing)}")
     if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+        lines.append(f"  unexpected keys ({len(unexpected)}): {listing(unexpected)}")
     if mismatched:
         lines.append(f"  shape mismatches ({len(mismatched)}):")
         lines += [f"    {m}" for m in mismatched[:_MAX_LISTED]]
         if len(mismatched) > _MAX_LISTED:
             lines.append(f"    ... and {len(mismatched) - _MAX_LISTED} more")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SegmenterWeights:
+    """Where a run's segmenter weights come from: local files only, nothing is downloaded.
+
+    Works for any segmenter: `pretrained` in a format the segmenter declares
+    (`Segmenter.pretrained_formats`), `init_checkpoint` by state-dict key.
+
+    Args:
+        pretrained: pretrained (ImageNet) initialisation file, e.g. ADVENT's
+            `DeepLab_resnet_pretrained_imagenet.pth` (pair it with `normalization: caffe_bgr`)
+            or a torchvision ResNet-101 state dict (`normalization: imagenet`). Classifiers keep
+            their random initialisation.
+        pretrained_format: "auto" (told apart by the keys) or one of the segmenter's formats.
+        pretrained_sha256: expected SHA-256 of `pretrained` (the run refuses another file).
+        init_checkpoint: a full segmenter state dict to start from: another run's Lightning
+            checkpoint (`last.ckpt`), or a released model (`module.` prefixes are stripped).
+            Weights only: optimisers, iteration count and poly schedule start fresh. Applied
+            after `pretrained`.
+        init_checkpoint_sha256: expected SHA-256 of `init_checkpoint`.
+    """
+
+    pretrained: Optional[str] = None
+    pretrained_format: str = "auto"
+    pretrained_sha256: Optional[str] = None
+    init_checkpoint: Optional[str] = None
+    init_checkpoint_sha256: Optional[str] = None
+
+
+def initialize_segmenter(model: Segmenter, weights: SegmenterWeights) -> None:
+    """Apply `weights` to a freshly built segmenter, in place (pretrained, then checkpoint)."""
+    if weights.pretrained:
+        load_imagenet_init(model, weights.pretrained, sha256=weights.pretrained_sha256,
+                           fmt=weights.pretrained_format)
+    if weights.init_checkpoint:
+        load_segmenter_checkpoint(model, weights.init_checkpoint,
+                                  sha256=weights.init_checkpoint_sha256)
