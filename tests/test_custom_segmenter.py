@@ -117,3 +117,31 @@ def test_pretrained_weights_need_a_format_the_segmenter_declares(tmp_path):
     loaded = tiny_method(AdvEnt, segmenter=PixelSegmenter,
                          weights=SegmenterWeights(init_checkpoint=str(checkpoint)))
     assert torch.equal(loaded.segmenter.classifier.weight, source.segmenter.classifier.weight)
+
+
+def test_a_python_built_checkpoint_names_its_segmenter_and_rebuilds(tmp_path):
+    method = tiny_method(AdvEnt, segmenter=functools.partial(PixelSegmenter, channels=5))
+    trainer = fit(method, steps=1)
+    path = tmp_path / "python.ckpt"
+    trainer.save_checkpoint(path)
+    # Plain data and allow-listed configs only: readable with weights_only=True.
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["hyper_parameters"]["segmenter"] == {
+        "class_path": "tests.test_custom_segmenter.PixelSegmenter", "init_args": {"channels": 5}}
+    rebuilt = AdvEnt.load_from_checkpoint(path)
+    assert rebuilt.segmenter.classifier.in_channels == 5
+    assert torch.equal(rebuilt.segmenter.classifier.weight, method.segmenter.classifier.weight)
+
+
+class Headless(PixelSegmenter):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.heads = ("logits",)
+
+
+def test_the_protocol_is_checked_when_the_segmenter_is_built():
+    with pytest.raises(ValueError, match=r"Headless.heads must list the names forward\(\) "
+                       r"returns, including 'main'; got \('logits',\)"):
+        build_segmenter(Headless, 4)
+    with pytest.raises(ValueError, match="built for num_classes=4 but its num_classes is 7"):
+        build_segmenter(lambda num_classes: PixelSegmenter(7), 4)

@@ -7,7 +7,7 @@ configs do. Official-code choices (README "Official quirks"):
 - The MaxSquare DeepLabV2 sums only the dilation-6 and -12 classifier branches (a `return`
   inside the loop); we sum all four like ADVENT and CLAN by default. Their released
   checkpoints (all four convs stored, `module.` prefix) load as they are; evaluate or adapt
-  them with `segmenter.aspp_summed_branches: 2` to get their predictions.
+  them with `segmenter.init_args.aspp_summed_branches: 2` to get their predictions.
 - `IW_MaxSquareloss` only runs with batch size 1; `iw_maxsquare_loss` generalises it to any
   batch (mean over images of the single-image value).
 - Their code's guidance threshold default is 0.98; the paper and its best command use 0.95.

@@ -132,7 +132,12 @@ def build_segmenter(factory: Union[SegmenterFactory, SegmenterSpec], num_classes
     if not isinstance(segmenter, Segmenter):
         raise TypeError(f"{key} built a {type(segmenter).__name__}, which is not a "
                         "udaseg.models.Segmenter (see its docstring for the protocol)")
-    if MAIN not in segmenter.heads:
-        raise ValueError(f"{key}: {type(segmenter).__name__}.heads {segmenter.heads} has no "
-                         f"{MAIN!r} head")
+    name = type(segmenter).__name__
+    heads = tuple(getattr(segmenter, "heads", ()))
+    if MAIN not in heads:
+        raise ValueError(f"{key}: {name}.heads must list the names forward() returns, "
+                         f"including {MAIN!r}; got {heads}")
+    if getattr(segmenter, "num_classes", None) != num_classes:
+        raise ValueError(f"{key}: {name} was built for num_classes={num_classes} but its "
+                         f"num_classes is {getattr(segmenter, 'num_classes', None)}")
     return segmenter
