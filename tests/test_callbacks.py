@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import cv2
 import numpy as np
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 
 from tests.helpers import tiny_data, tiny_method
 from udaseg.callbacks import EntropyMaps
-from udaseg.callbacks.files import write_json_atomic
+from udaseg.callbacks.files import write_json_atomic, write_png_atomic
 from udaseg.methods import Ensemble, SourceOnly
 from udaseg.visualize import CITYSCAPES_PALETTE, colorize
 
@@ -77,3 +79,14 @@ def test_ensemble_predicts_log_averaged_probabilities_so_entropy_maps_are_right(
     twice = tiny_method(Ensemble, checkpoints=[str(paths[0])] * 2)
     np.testing.assert_allclose(entropy_panel(twice, tmp_path / "ensemble"),
                                entropy_panel(members[0], tmp_path / "single"), atol=2)
+
+
+def test_result_files_get_the_umask_mode_not_a_private_one(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "val_metrics.json", {"mIoU": 1.0})
+        write_png_atomic(tmp_path / "figure.png", np.zeros((2, 2, 3), np.uint8))
+    finally:
+        os.umask(previous)
+    for name in ("val_metrics.json", "figure.png"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name

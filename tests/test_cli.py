@@ -121,3 +121,12 @@ def test_wandb_logger_offline_writes_the_run_locally(tmp_path):
     assert len(runs) == 1, "offline mode keeps the run on disk for a later `wandb sync`"
     run_data = next(runs[0].glob("run-*.wandb")).read_bytes()
     assert b"val/IoU/road" in run_data and b"val/mIoU" in run_data
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_evaluating_untrained_weights_is_refused(tmp_path, command):
+    config = write_config(tmp_path)
+    with pytest.raises(ValueError, match=f"udaseg {command} has no trained weights to use: pass "
+                       r"--ckpt_path .* or set model.init_args.weights.init_checkpoint"):
+        main([command, "--config", str(config)])
+    assert not list(tmp_path.rglob("*_metrics.json")), "nothing evaluated, nothing written"

@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
+from tests.helpers import fit, tiny_data, tiny_method
+from udaseg.methods import SourceOnly
 from udaseg.methods.base import poly_lr
 from udaseg.metrics import ConfusionMatrix, confusion_matrix, iou_per_class, mean_iou, summarize
 
@@ -57,3 +60,19 @@ def test_poly_lr_linear_warmup_then_poly():
     assert poly_lr(1.0, 0, 100, warmup_iters=10) == 0.0
     assert poly_lr(1.0, 5, 100, warmup_iters=10) == pytest.approx(0.5)
     assert poly_lr(1.0, 10, 100, warmup_iters=10) == pytest.approx(0.9**0.9)
+
+
+def test_resuming_with_another_horizon_warns_that_the_learning_rate_jumps(tmp_path):
+    method = tiny_method(SourceOnly)
+    trainer = fit(method, steps=2)
+    checkpoint = tmp_path / "two.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["udaseg_poly_horizon"] == 2
+    longer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, accelerator="cpu", devices=1)
+    with pytest.warns(UserWarning, match=r"resuming at iteration 2: .* decays over 2 iterations, "
+                      r"this run's over 4 .* jumps from 0 to 0\.5359 x lr\. Set "
+                      r"model.init_args.optim.max_iters: 2"):
+        longer.fit(tiny_method(SourceOnly), tiny_data(), ckpt_path=checkpoint)
+    assert longer.global_step == 4

@@ -39,6 +39,18 @@ class UDASegCLI(LightningCLI):
         # `udaseg predict ... --predictions.output_dir out/ --predictions.save_train_ids true`
         parser.add_lightning_class_args(PredictionWriter, "predictions")
 
+    def require_trained_weights(self) -> None:
+        """Evaluating or predicting needs trained weights: refuse a run that would silently use
+        a fresh (random) segmenter."""
+        if self.config_init[self.subcommand].get("ckpt_path") or self.model.has_trained_weights:
+            return
+        raise ValueError(
+            f"udaseg {self.subcommand} has no trained weights to use: pass --ckpt_path (a run's "
+            "checkpoint, e.g. runs/<name>/version_0/checkpoints/last.ckpt) or set "
+            "model.init_args.weights.init_checkpoint (a released or other run's model)")
+
+    before_validate = before_test = before_predict = require_trained_weights
+
 
 def main(args: Optional[list[str]] = None) -> None:
     """Console-script entry point; `args` replaces sys.argv (tests run the CLI in-process).

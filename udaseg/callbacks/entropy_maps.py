@@ -65,8 +65,9 @@ class EntropyMaps(pl.Callback):
         figure = np.concatenate(self._rows, axis=0)
         # Not trainer.log_dir: that is a collective under DDP and this runs on rank 0 only.
         log_dir = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir
-        path = Path(log_dir) / "entropy_maps" / f"iteration_{trainer.global_step:07d}.png"
+        # module.iteration: the checkpoint's iterations under `udaseg validate`, as in the JSON.
+        path = Path(log_dir) / "entropy_maps" / f"iteration_{module.iteration:07d}.png"
         write_png_atomic(path, cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
-                logger.log_image(key="val/entropy_maps", images=[figure], step=trainer.global_step)
+                logger.log_image(key="val/entropy_maps", images=[figure], step=module.iteration)

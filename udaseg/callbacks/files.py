@@ -12,13 +12,25 @@ import cv2
 import numpy as np
 
 
+def _umask_mode() -> int:
+    """The mode a plain `open(path, "w")` would give a new file (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def replace_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """`write(temporary_path)` next to `path`, then rename it over `path` (same file system)."""
+    """`write(temporary_path)` next to `path`, then rename it over `path` (same file system).
+
+    The result gets the usual umask mode, not `mkstemp`'s private 0600: colleagues on shared
+    storage must be able to read a run's metrics and figures.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.",
                                          suffix=path.suffix)
     os.close(handle)
     try:
+        os.chmod(temporary, _umask_mode())
         write(temporary)
         os.replace(temporary, path)
     except BaseException:

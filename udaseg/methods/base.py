@@ -24,6 +24,7 @@ from typing import ClassVar, Literal, Optional
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from udaseg.losses import segmentation_cross_entropy, upsample_logits
@@ -49,6 +50,8 @@ class OptimConfig:
         lr: SGD learning rate of the backbone; classifiers get `classifier_lr_mult` times it.
         max_iters: horizon of the poly schedule; defaults to `trainer.max_steps`. ADVENT decays
             over 250k iterations but stops at 120k: set 250000 here and max_steps 120000.
+            Resuming (`--ckpt_path`) with another `max_steps` and no `max_iters` continues on
+            the new horizon, so the learning rate jumps; the run warns and says what to set.
         warmup_iters: linear warm-up `lr * iteration / warmup_iters` before the poly schedule
             takes over (CLAN warms up over its pre-heat); 0 = poly from the first iteration.
         discriminator_lr, discriminator_betas: Adam for each discriminator, same schedule.
@@ -64,6 +67,9 @@ class OptimConfig:
     discriminator_lr: float = 1e-4
     discriminator_betas: tuple[float, float] = (0.9, 0.99)
 
+
+#: Checkpoint entry holding the poly horizon the run was trained with (compared on resume).
+POLY_HORIZON_KEY = "udaseg_poly_horizon"
 
 # Checkpoints of runs built in Python pickle these configs in `hyper_parameters`; allowing them
 # lets `weights.init_checkpoint` read such a checkpoint with `torch.load(weights_only=True)`.
@@ -180,6 +186,12 @@ class UDAMethod(pl.LightningModule):
                 f"model.init_args.segmenter{self.head_hint()}")
         initialize_segmenter(segmenter, self.weights_config)
         return segmenter
+
+    @property
+    def has_trained_weights(self) -> bool:
+        """Whether construction loaded trained weights (`weights.init_checkpoint`), so that
+        evaluating without a `--ckpt_path` is meaningful."""
+        return bool(self.weights_config.init_checkpoint)
 
     def head_hint(self) -> str:
         """Appended to the missing-head error: which segmenter or option would do."""
@@ -314,8 +326,25 @@ class UDAMethod(pl.LightningModule):
         losses["seg"] = total
         return losses
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.optim_config.max_iters or (self._trainer and self.trainer.max_steps > 0):
+            checkpoint[POLY_HORIZON_KEY] = self.max_iters
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.trained_iterations = int(checkpoint.get("global_step", 0))
+        saved_horizon = checkpoint.get(POLY_HORIZON_KEY)
+        resuming = self._trainer is not None and self.trainer.state.fn == "fit"
+        if resuming and saved_horizon and saved_horizon != self.max_iters:
+            step = self.trained_iterations
+            power, warmup = self.optim_config.poly_power, self.optim_config.warmup_iters
+            before, after = (poly_lr(1.0, step, horizon, power, warmup)
+                             for horizon in (saved_horizon, self.max_iters))
+            rank_zero_warn(
+                f"resuming at iteration {step}: the checkpoint's poly schedule decays over "
+                f"{saved_horizon} iterations, this run's over {self.max_iters} (trainer.max_steps"
+                f" changed), so the learning rate jumps from {before:.4g} to {after:.4g} x lr. "
+                f"Set model.init_args.optim.max_iters: {saved_horizon} to keep the original "
+                "schedule.")
 
     @property
     def iteration(self) -> int:

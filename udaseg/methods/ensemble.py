@@ -43,6 +43,10 @@ class Ensemble(UDAMethod):
             members.append(member.eval())
         return members
 
+    @property
+    def has_trained_weights(self) -> bool:
+        return True  # every member is loaded from its checkpoint
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         raise RuntimeError("Ensemble is for `udaseg validate` / `udaseg test` only")
 
