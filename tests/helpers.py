@@ -92,8 +92,10 @@ def first_training_batch() -> tuple[dict, dict]:
 
 # ------------------------------------------------------------------ the CLI
 def write_config(tmp_path: Path, method: str = "udaseg.methods.SourceOnly",
-                 max_steps: int = 4, segmenter: Optional[dict] = None) -> Path:
-    """A tiny built-in-benchmark run config for `udaseg ...`; logs under tmp_path/runs/tiny."""
+                 max_steps: int = 4, segmenter: Optional[dict] = None,
+                 name: Optional[str] = "tiny") -> Path:
+    """A tiny built-in-benchmark run config `tmp_path/tiny.yaml` for `udaseg ...`; logs under
+    tmp_path/runs/<name> (no name: the CLI names the run after the config file)."""
     def stream(domain: str, split: str, count: int) -> dict:
         return {"class_path": "udaseg.data.SyntheticStreets",
                 "init_args": {**TINY_IMAGES, "domain": domain, "split": split,
@@ -107,7 +109,8 @@ def write_config(tmp_path: Path, method: str = "udaseg.methods.SourceOnly",
             "max_steps": max_steps, "val_check_interval": 3, "enable_progress_bar": False,
             "log_every_n_steps": 1, "accelerator": "cpu", "devices": 1,
             "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}},
+                       "init_args": {"save_dir": str(tmp_path / "runs"),
+                                     **({"name": name} if name else {})}},
         },
         "model": {"class_path": method, "init_args": {"segmenter": segmenter,
                                                       "optim": {"lr": 0.01}}},

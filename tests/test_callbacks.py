@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from tests.helpers import tiny_data, tiny_method
 from udaseg.callbacks import EntropyMaps
 from udaseg.callbacks.files import write_json_atomic, write_png_atomic
+from udaseg.data import SyntheticStreets
 from udaseg.methods import Ensemble, SourceOnly
-from udaseg.visualize import CITYSCAPES_PALETTE, colorize
+from udaseg.visualize import CITYSCAPES_PALETTE, colorize, palette_for
 
 
 def test_entropy_maps_written_as_image_grid(tmp_path):
@@ -27,19 +28,34 @@ def test_entropy_maps_written_as_image_grid(tmp_path):
     trainer.validate(method, tiny_data())
     figures = sorted((tmp_path / "lightning_logs" / "version_0" / "entropy_maps").glob("*.png"))
     assert len(figures) == 1
-    figure = cv2.imread(str(figures[0]))
-    # 2 rows of 32-pixel images; 4 panels (input, prediction, entropy, truth) of 64 pixels.
-    assert figure.shape == (2 * 32, 4 * 64, 3)
-    entropy_panel = figure[:, 2 * 64:3 * 64]
+    figure = cv2.cvtColor(cv2.imread(str(figures[0])), cv2.COLOR_BGR2RGB)
+    # A title row, 2 rows of 32-pixel images in 4 panels (input, prediction, entropy, truth)
+    # of 64 pixels, then the legend: 9 classes, 2 per 256-pixel row.
+    assert figure.shape == (18 + 2 * 32 + 5 * 18, 4 * 64, 3)
+    assert figure[:18].max() > 0 and figure[:18, :, 0].std() > 0, "column titles are drawn"
+    entropy_panel = figure[18:18 + 64, 2 * 64:3 * 64]
     assert entropy_panel.std() > 0, "an untrained model is not equally certain everywhere"
+    legend_strip = figure[18 + 64:]
+    swatches = {tuple(int(v) for v in pixel) for pixel in legend_strip.reshape(-1, 3)}
+    assert {(107, 142, 35), (70, 130, 180), (0, 0, 142)} <= swatches, \
+        "vegetation, sky and car swatches in their Cityscapes colours"
 
 
-def test_colorize_uses_the_cityscapes_palette_and_black_for_ignore():
+def test_class_colours_follow_names_not_ids():
+    synthetic = SyntheticStreets("real", "val", 1)
+    palette = synthetic.palette
+    names = list(synthetic.class_names)
+    assert tuple(palette[names.index("vegetation")]) == (107, 142, 35)  # not wall's lavender
+    assert tuple(palette[names.index("sky")]) == (70, 130, 180)
+    assert tuple(palette[names.index("car")]) == (0, 0, 142)
+    assert tuple(palette[names.index("person")]) == (220, 20, 60)
+    own = palette_for(["road", "crater", "dune"])
+    assert tuple(own[0]) == (128, 64, 128) and len({tuple(c) for c in own}) == 3, \
+        "unknown names get distinct colours"
     label = np.array([[0, 13], [255, 18]], dtype=np.uint8)
-    colours = colorize(label)
+    colours = colorize(label, CITYSCAPES_PALETTE)
     assert tuple(colours[0, 0]) == (128, 64, 128) and tuple(colours[0, 1]) == (0, 0, 142)
-    assert tuple(colours[1, 0]) == (0, 0, 0)
-    assert tuple(colours[1, 1]) == tuple(CITYSCAPES_PALETTE[18])
+    assert tuple(colours[1, 0]) == (0, 0, 0), "ignore is black"
 
 
 def test_failed_atomic_write_leaves_neither_file_nor_temporary(tmp_path):
@@ -57,7 +73,7 @@ def entropy_panel(method, tmp_path) -> np.ndarray:
                          callbacks=[EntropyMaps(num_images=2)], enable_progress_bar=False)
     trainer.validate(method, tiny_data())
     figure = next((tmp_path / "lightning_logs" / "version_0" / "entropy_maps").glob("*.png"))
-    return cv2.imread(str(figure))[:, 2 * 64:3 * 64]
+    return cv2.imread(str(figure))[18:18 + 64, 2 * 64:3 * 64]
 
 
 def test_ensemble_predicts_log_averaged_probabilities_so_entropy_maps_are_right(tmp_path):

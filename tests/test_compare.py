@@ -1,27 +1,96 @@
-"""Run comparison: grouping by run name and mean ± std over versions."""
+"""Run comparison: seeds of one configuration are averaged; other configurations, iteration
+counts and evaluation-only runs are kept apart; run folders are named after their config."""
 
 from __future__ import annotations
 
 import json
 
-from udaseg.compare import collect, main, summarize
+import pytest
+import yaml
+
+from tests.helpers import CONFIGS, write_config
+from udaseg.cli import command_line_configs, run_name
+from udaseg.cli import main as udaseg
+from udaseg.compare import collect, group, main, summarize
 
 
-def write(root, name, version, miou, road):
-    path = root / name / f"seed{version}" / "test_metrics.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"iteration": 600, "mIoU": miou, "IoU/road": road}))
+def write(root, name, version, miou, road, *, seed=0, iteration=600, command="fit",
+          lambda_adv=0.01, stage="test"):
+    folder = root / name / version
+    folder.mkdir(parents=True)
+    (folder / f"{stage}_metrics.json").write_text(json.dumps(
+        {"iteration": iteration, "command": command, "mIoU": miou, "IoU/road": road}))
+    config = {"seed_everything": seed, "data": {"seed": seed, "batch_size": 8},
+              "trainer": {"max_steps": iteration, "logger": {"init_args": {"version": version}}},
+              "model": {"class_path": "udaseg.methods.AdvEnt",
+                        "init_args": {"lambda_adv_main": lambda_adv}}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
 
 
-def test_groups_versions_and_reports_mean_and_std(tmp_path, capsys):
-    write(tmp_path, "advent", 0, 40.0, 80.0)
-    write(tmp_path, "advent", 1, 42.0, 82.0)
-    write(tmp_path, "source_only", 0, 30.0, 70.0)
-    runs = collect(tmp_path, "test")
-    assert sorted(runs) == ["advent", "source_only"] and len(runs["advent"]) == 2
-    header, rows = summarize(runs, per_class=True)
+def test_groups_seeds_and_reports_mean_and_std(tmp_path, capsys):
+    write(tmp_path, "advent", "seed0", 40.0, 80.0, seed=0)
+    write(tmp_path, "advent", "seed1", 42.0, 82.0, seed=1)
+    write(tmp_path, "source_only", "seed0", 30.0, 70.0)
+    header, rows = summarize(group(collect(tmp_path, "test")), per_class=True)
     assert header == ["run", "seeds", "mIoU", "road"]
-    assert rows[0] == ["advent", "2", "41.0 ± 1.4", "81.0 ± 1.4"]
-    assert rows[1] == ["source_only", "1", "30.0", "70.0"]
+    assert rows == [["advent", "2", "41.0 ± 1.4", "81.0 ± 1.4"],
+                    ["source_only", "1", "30.0", "70.0"]]
     main([str(tmp_path), "--markdown"])
     assert "| advent | 2 | 41.0 ± 1.4 |" in capsys.readouterr().out
+
+
+def test_other_hyperparameters_iterations_and_evaluations_are_never_seeds(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    write(runs, "synthetic/advent", "version_0", 16.0, 40.0, iteration=20, stage="val")
+    write(runs, "synthetic/advent", "version_1", 18.0, 42.0, iteration=40, stage="val")
+    write(runs, "synthetic/advent", "version_2", 20.0, 44.0, iteration=60, stage="val")
+    write(runs, "synthetic/advent", "version_3", 21.0, 45.0, iteration=60, seed=1, stage="val")
+    write(runs, "synthetic/advent", "version_4", 10.0, 30.0, iteration=60, lambda_adv=0.1,
+          stage="val")
+    write(runs, "synthetic/advent", "version_5", 20.0, 44.0, iteration=60, command="validate",
+          stage="val")
+    main([str(runs), "--stage", "val"])
+    captured = capsys.readouterr()
+    assert "different iterations [20, 40, 60]" in captured.err
+    rows = {row[0]: row[1:3] for row in summarize(group(collect(runs, "val")), False)[1]}
+    assert rows == {
+        "synthetic/advent [fit, 20 it]": ["1", "16.0"],
+        "synthetic/advent [fit, 40 it]": ["1", "18.0"],
+        "synthetic/advent [fit, 60 it, lambda_adv_main=0.01]": ["2", "20.5 ± 0.7"],
+        "synthetic/advent [fit, 60 it, lambda_adv_main=0.1]": ["1", "10.0"],
+        "synthetic/advent [validate, 60 it]": ["1", "20.0"],
+    }
+
+
+def test_the_folder_of_one_run_name_is_accepted(tmp_path, capsys):
+    write(tmp_path / "runs", "lightning_logs", "version_0", 12.0, 30.0, stage="val")
+    write(tmp_path / "runs", "lightning_logs", "version_1", 14.0, 34.0, seed=1, stage="val")
+    main([str(tmp_path / "runs" / "lightning_logs"), "--stage", "val", "--markdown"])
+    assert "| lightning_logs | 2 | 13.0 ± 1.4 |" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="no test_metrics.json under"):
+        collect(tmp_path / "runs", "test")
+
+
+def test_runs_are_named_after_their_config_and_evaluations_kept_apart(tmp_path, monkeypatch):
+    benchmark = tmp_path / "my_benchmark"
+    benchmark.mkdir()
+    config = write_config(benchmark, max_steps=2, name=None)
+    monkeypatch.chdir(tmp_path)
+    udaseg(["fit", "--config", str(config)])
+    fitted = benchmark / "runs" / "my_benchmark" / "tiny" / "version_0"
+    assert (fitted / "val_metrics.json").is_file() and (fitted / "config.yaml").is_file()
+    saved = yaml.safe_load((fitted / "config.yaml").read_text())
+    assert saved["trainer"]["logger"]["init_args"]["name"] == "my_benchmark/tiny"
+    udaseg(["validate", "--config", str(config),
+            "--ckpt_path", str(fitted / "checkpoints" / "last.ckpt")])
+    evaluated = benchmark / "runs" / "my_benchmark" / "tiny-validate" / "version_0"
+    assert json.loads((evaluated / "val_metrics.json").read_text())["command"] == "validate"
+
+
+def test_a_shipped_config_plus_overlay_names_its_run():
+    configs = command_line_configs([
+        "fit", "--config", str(CONFIGS / "cityscapes_to_crosscity" / "maxsquare.yaml"),
+        "--config=" + str(CONFIGS / "cityscapes_to_crosscity" / "cities" / "tokyo.yaml")])
+    assert run_name(configs, "fit") == "cityscapes_to_crosscity/maxsquare+tokyo"
+    assert run_name(configs, "test") == "cityscapes_to_crosscity/maxsquare+tokyo-test"
+    assert run_name([], "fit") is None

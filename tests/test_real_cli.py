@@ -84,3 +84,5 @@ def test_gta5_to_cityscapes_fit_evaluate_released_checkpoint_and_predict(
                            cv2.IMREAD_UNCHANGED)
     assert train_ids.shape == (6, 8) and train_ids.max() < 19
     assert np.array_equal(colour, CITYSCAPES_PALETTE[train_ids])
+    legend = cv2.imread(str(output / "legend.png"))
+    assert legend is not None and legend.shape[0] >= 18, "a class -> colour legend"

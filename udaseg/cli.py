@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Optional
 
+import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import (
+    ArgsType,
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+)
 
 from udaseg.callbacks import IoUReport, PredictionWriter
+from udaseg.callbacks.files import run_directory
 from udaseg.data import UDADataModule
 from udaseg.methods import UDAMethod
 
@@ -20,6 +31,52 @@ TRAINER_DEFAULTS = {
     "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
                "init_args": {"save_dir": "runs"}},
 }
+
+
+#: Lightning's folder name for a logger nobody named; udaseg names the run after its config.
+UNNAMED = "lightning_logs"
+
+
+def command_line_configs(arguments: Sequence[str]) -> list[Path]:
+    """The files given with `--config`/`-c` on the command line, in order (not the files they
+    include)."""
+    files = []
+    for index, argument in enumerate(arguments):
+        if argument in ("--config", "-c") and index + 1 < len(arguments):
+            files.append(Path(arguments[index + 1]))
+        elif argument.startswith("--config="):
+            files.append(Path(argument.split("=", 1)[1]))
+    return files
+
+
+def run_name(config_files: Sequence[Path], subcommand: str) -> Optional[str]:
+    """`<benchmark>/<config>` from the first `--config` (`synthetic/advent`), `+<overlay>` for
+    each further one (`cityscapes_to_crosscity/maxsquare+tokyo`), and `-<command>` for
+    evaluation-only runs (`synthetic/advent-validate`), which are then never mixed with
+    training runs. None without a config file."""
+    if not config_files:
+        return None
+    first = config_files[0].resolve()
+    name = "/".join(part for part in (first.parent.name, first.stem) if part)
+    name += "".join(f"+{path.stem}" for path in config_files[1:])
+    return name if subcommand == "fit" else f"{name}-{subcommand}"
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Saves the resolved `config.yaml` in the run's own folder (`run_directory`), whatever
+    the logger; Lightning's callback uses `trainer.log_dir`, which W&B shares between runs."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            directory = run_directory(trainer)
+            os.makedirs(directory, exist_ok=True)
+            self.parser.save(self.config, str(directory / self.config_filename),
+                             skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
+            self.already_saved = True
+        # Every rank must agree, or a later setup() would save again on the others.
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
 
 class UDASegCLI(LightningCLI):
@@ -38,6 +95,24 @@ class UDASegCLI(LightningCLI):
         parser.add_lightning_class_args(IoUReport, "iou_report")
         # `udaseg predict ... --predictions.output_dir out/ --predictions.save_train_ids true`
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        arguments = sys.argv[1:] if args is None else args
+        self.config_files = command_line_configs(arguments if isinstance(arguments, list)
+                                                 else [])
+        super().parse_arguments(parser, args)
+
+    def before_instantiate_classes(self) -> None:
+        """Name an unnamed CSV/TensorBoard run after its config (W&B: the run's display name),
+        so runs of different configs never share a folder and comparisons group them."""
+        config = self.config[self.subcommand]
+        name = run_name(self.config_files, self.subcommand)
+        logger = config.trainer.logger
+        if name is None or not hasattr(logger, "class_path"):
+            return
+        arguments = logger.init_args
+        if "name" in arguments and arguments.name in (UNNAMED, None):
+            arguments.name = name
 
     def require_trained_weights(self) -> None:
         """Evaluating or predicting needs trained weights: refuse a run that would silently use
@@ -60,7 +135,8 @@ def main(args: Optional[list[str]] = None) -> None:
     # Methods build their own optimisers (several, with poly LR): no --optimizer options.
     UDASegCLI(UDAMethod, UDADataModule, subclass_mode_model=True, seed_everything_default=0,
               auto_configure_optimizers=False, trainer_defaults=TRAINER_DEFAULTS,
-              save_config_kwargs={"overwrite": True}, args=args)
+              save_config_callback=SaveRunConfig, save_config_kwargs={"overwrite": True},
+              args=args)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
-"""Compare runs: mean ± std of mIoU and per-class IoU over the versions (seeds) of each run.
+"""Compare runs: mean ± std of mIoU and per-class IoU over the seeds of each configuration.
 
     python -m udaseg.compare runs/ --stage test [--per-class] [--markdown]
+    python -m udaseg.compare runs/synthetic/advent --stage val
 
-Reads `<root>/<run name>/<version>/<stage>_metrics.json` (written by the IoU report callback);
-each version of a run name (`version_0`, or `seed0` when named) counts as one seed.
+Reads every `<stage>_metrics.json` under the given folder (a logger's `save_dir`, one run
+name's folder of versions, or a single version) and the `config.yaml` next to it. Versions are
+seeds of one row only when they share the run name, the command that wrote the metrics (a
+training run's last validation is never mixed with an evaluation-only `udaseg validate`), the
+iteration count, and the whole config apart from the seed and bookkeeping (logger, callbacks,
+checkpoint settings). Rows of one name that differ are labelled with what differs; a name
+whose runs stopped at different iterations is reported on stderr.
 """
 
 from __future__ import annotations
@@ -11,21 +17,102 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
+#: Config keys that do not make two runs different experiments: the seed, where and how the
+#: run is logged or checkpointed, how it is shown, where the weights come from for evaluation.
+NOT_THE_EXPERIMENT = ("seed_everything", "data.seed", "trainer.logger", "trainer.callbacks",
+                      "trainer.enable_progress_bar", "checkpoint", "iou_report", "predictions",
+                      "ckpt_path", "config")
 
-def collect(root: Path, stage: str) -> dict[str, list[dict[str, float]]]:
-    """Run name -> list of metric dicts, one per version that has `<stage>_metrics.json`."""
-    runs: dict[str, list[dict[str, float]]] = {}
-    for path in sorted(root.glob(f"*/*/{stage}_metrics.json")):
-        runs.setdefault(path.parent.parent.name, []).append(json.loads(path.read_text()))
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    command: str
+    iteration: int
+    config: dict[str, str]          # flattened, bookkeeping removed, values as JSON text
+    metrics: dict[str, float]
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}; lists and scalars become JSON text."""
+    if isinstance(tree, dict) and tree:
+        flat: dict[str, str] = {}
+        for key, value in tree.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: json.dumps(tree, sort_keys=True, default=str)}
+
+
+def experiment(config: dict) -> dict[str, str]:
+    return {key: value for key, value in flatten(config).items()
+            if not any(key == skip or key.startswith(skip + ".") for skip in NOT_THE_EXPERIMENT)}
+
+
+def collect(root: Path, stage: str) -> list[Run]:
+    """Every run under `root` with a `<stage>_metrics.json`."""
+    runs = []
+    for path in sorted(root.rglob(f"{stage}_metrics.json")):
+        version = path.parent
+        if version == root:                      # root is one version
+            name = root.parent.name
+        elif version.parent == root:             # root is one run name's folder of versions
+            name = root.name
+        else:                                    # root is a save_dir: names may be nested
+            name = str(version.parent.relative_to(root))
+        metrics = json.loads(path.read_text())
+        config_file = version / "config.yaml"
+        config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+        runs.append(Run(name=name, command=str(metrics.pop("command", "fit")),
+                        iteration=int(metrics.pop("iteration", -1)),
+                        config=experiment(config or {}), metrics=metrics))
     if not runs:
-        raise FileNotFoundError(f"no <run>/<version>/{stage}_metrics.json under {root}")
+        raise FileNotFoundError(f"no {stage}_metrics.json under {root} (a folder of runs, of "
+                                "one run's versions, or a version)")
     return runs
+
+
+def group(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Row label -> the runs (seeds) of one configuration."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        key = (run.name, run.command, run.iteration, tuple(sorted(run.config.items())))
+        groups.setdefault(key, []).append(run)
+    labelled: dict[str, list[Run]] = {}
+    for key, members in groups.items():
+        name, command, iteration, _ = key
+        siblings = [other for other in groups if other[0] == name and other != key]
+        parts = [command] if any(other[1] != command for other in siblings) else []
+        if any(other[2] != iteration for other in siblings):
+            parts.append(f"{iteration} it")
+        # Config keys that tell this row from rows of the same name, command and iteration.
+        config = members[0].config
+        differing = sorted({config_key for other in siblings if other[1:3] == key[1:3]
+                            for config_key in set(dict(other[3])) | set(config)
+                            if dict(other[3]).get(config_key) != config.get(config_key)})
+        parts += [f"{k.rsplit('.', 1)[-1]}={config.get(k, '-')}" for k in differing[:3]]
+        labelled[name + (f" [{', '.join(parts)}]" if parts else "")] = members
+    return labelled
+
+
+def warn_mixed_iterations(runs: Sequence[Run]) -> None:
+    by_name: dict[str, set[int]] = {}
+    for run in runs:
+        by_name.setdefault(run.name, set()).add(run.iteration)
+    for name, iterations in by_name.items():
+        if len(iterations) > 1:
+            print(f"warning: runs under {name!r} stopped at different iterations "
+                  f"{sorted(iterations)}; each count is its own row, never averaged",
+                  file=sys.stderr)
 
 
 def mean_std(values: Sequence[float]) -> str:
@@ -34,27 +121,29 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def summarize(runs: dict[str, list[dict[str, float]]],
+def summarize(groups: dict[str, list[Run]],
               per_class: bool) -> tuple[list[str], list[list[str]]]:
     """Column names and rows (run, seeds, metric columns) of the comparison."""
-    first = next(iter(runs.values()))[0]
-    keys = [key for key in first
-            if key != "iteration" and (per_class or not key.startswith("IoU/"))]
+    first = next(iter(groups.values()))[0].metrics
+    keys = [key for key in first if per_class or not key.startswith("IoU/")]
     header = ["run", "seeds"] + [key.removeprefix("IoU/") for key in keys]
-    rows = [[name, str(len(results))] + [mean_std([result[key] for result in results])
-                                         for key in keys]
-            for name, results in runs.items()]
+    rows = [[label, str(len(members))]
+            + [mean_std([run.metrics[key] for run in members if key in run.metrics])
+               for key in keys]
+            for label, members in groups.items()]
     return header, rows
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Compare udaseg runs (mean ± std over seeds).")
-    parser.add_argument("root", type=Path, help="logger save_dir, e.g. runs/")
+    parser.add_argument("root", type=Path, help="runs/, runs/<name>, or one version folder")
     parser.add_argument("--stage", default="test", choices=["val", "test"])
     parser.add_argument("--per-class", action="store_true", help="add per-class IoU columns")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args(argv)
-    header, rows = summarize(collect(args.root, args.stage), args.per_class)
+    runs = collect(args.root, args.stage)
+    warn_mixed_iterations(runs)
+    header, rows = summarize(group(runs), args.per_class)
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))

@@ -1,13 +1,12 @@
 """Target entropy maps as images: the visual check that adaptation works (ADVENT's Fig. 1).
 
 After each validation, the first validation images are shown as rows of
-input | prediction | entropy map | ground truth, written to `<log_dir>/entropy_maps/` and, when a
-W&B logger is configured, logged as an image. Confident (low-entropy) regions are dark.
+input | prediction | entropy map | ground truth under titled columns, with a legend of the class
+colours (the dataset's palette), written to `<run dir>/entropy_maps/` and, when a W&B logger is
+configured, logged as an image. Confident (low-entropy) regions are dark.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,10 +14,12 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from udaseg.callbacks.files import write_png_atomic
+from udaseg.callbacks.files import run_directory, write_png_atomic
 from udaseg.data.transforms import denormalize
 from udaseg.losses import entropy_map
-from udaseg.visualize import colorize, heatmap
+from udaseg.visualize import colorize, heatmap, legend, title_row
+
+COLUMNS = ("input", "prediction", "entropy", "truth")
 
 
 class EntropyMaps(pl.Callback):
@@ -48,25 +49,28 @@ class EntropyMaps(pl.Callback):
         probabilities = F.softmax(module.predict_logits(images, size).float(), dim=1)
         entropy = entropy_map(probabilities).sum(dim=1).cpu().numpy()  # in [0, 1]
         predictions = probabilities.argmax(dim=1).cpu().numpy().astype(np.uint8)
-        normalization = getattr(trainer.datamodule, "normalization", None)
-        if normalization is None:
+        data = trainer.datamodule
+        if getattr(data, "normalization", None) is None:
             raise ValueError("EntropyMaps shows the inputs of a UDADataModule (it undoes its "
-                             "`normalization`); this run has no such data module")
-        inputs = denormalize(images, normalization)
+                             "`normalization` and uses its palette); this run has no such data "
+                             "module")
+        inputs = denormalize(images, data.normalization)
         for index in range(len(images)):
             truth = labels[index].cpu().numpy().astype(np.uint8)
             truth = cv2.resize(truth, size[::-1], interpolation=cv2.INTER_NEAREST)
-            self._rows.append(np.concatenate([inputs[index], colorize(predictions[index]),
-                                              heatmap(entropy[index]), colorize(truth)], axis=1))
+            self._rows.append(np.concatenate(
+                [inputs[index], colorize(predictions[index], data.palette),
+                 heatmap(entropy[index]), colorize(truth, data.palette)], axis=1))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if not self._rows or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        figure = np.concatenate(self._rows, axis=0)
-        # Not trainer.log_dir: that is a collective under DDP and this runs on rank 0 only.
-        log_dir = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir
+        width = self._rows[0].shape[1]
+        figure = np.concatenate([title_row(COLUMNS, width), *self._rows,
+                                 legend(module.class_names, trainer.datamodule.palette, width)],
+                                axis=0)
         # module.iteration: the checkpoint's iterations under `udaseg validate`, as in the JSON.
-        path = Path(log_dir) / "entropy_maps" / f"iteration_{module.iteration:07d}.png"
+        path = run_directory(trainer) / "entropy_maps" / f"iteration_{module.iteration:07d}.png"
         write_png_atomic(path, cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytorch_lightning as pl
 
 
 def _umask_mode() -> int:
@@ -54,3 +55,20 @@ def write_png_atomic(path: Path, image: np.ndarray) -> None:
             raise OSError(f"cannot write {path}")
 
     replace_atomically(path, write)
+
+
+def run_directory(trainer: pl.Trainer) -> Path:
+    """The folder of this run, where every file of it belongs: `<save_dir>/<name>/<version>`.
+
+    It is the folder `ModelCheckpoint` puts `checkpoints/` in, for any logger: a CSV logger's
+    `log_dir`; for W&B `<save_dir>/<project>/<run id>` (Lightning's own `trainer.log_dir` is the
+    shared `save_dir` there, so runs would overwrite each other's files). Not a collective: call
+    it on the rank that writes.
+    """
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    if logger.version is None:
+        logger.experiment  # noqa: B018  (W&B assigns the run id when its run starts)
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
 from rich.console import Console
 from rich.table import Table
 
-from udaseg.callbacks.files import write_json_atomic
+from udaseg.callbacks.files import run_directory, write_json_atomic
 
 
 def iou_table(metrics: dict[str, float], title: str) -> Table:
@@ -40,17 +39,15 @@ class IoUReport(pl.Callback):
 
     def _report(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
         metrics: Optional[dict[str, float]] = getattr(module, "eval_results", {}).get(stage)
-        if not metrics or trainer.sanity_checking:
-            return
-        # log_dir is a collective (broadcast) under DDP: every rank must ask for it.
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        if not trainer.is_global_zero:
+        if not metrics or trainer.sanity_checking or not trainer.is_global_zero:
             return
         if self.print_table or trainer.state.fn != "fit":
             title = f"{stage} at iteration {module.iteration}"
             self.console.print(iou_table(metrics, title))
-        write_json_atomic(log_dir / f"{stage}_metrics.json",
-                          {"iteration": module.iteration, **metrics})
+        # `command` keeps evaluation-only runs apart from training runs in comparisons.
+        write_json_atomic(run_directory(trainer) / f"{stage}_metrics.json",
+                          {"iteration": module.iteration, "command": trainer.state.fn.value,
+                           **metrics})
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._report(trainer, module, "val")

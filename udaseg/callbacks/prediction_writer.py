@@ -1,4 +1,5 @@
-"""Writes `udaseg predict` outputs: colour-coded PNGs (Cityscapes palette) and train-id PNGs."""
+"""Writes `udaseg predict` outputs: colour-coded PNGs (the dataset's class colours, with a
+`legend.png` next to them) and train-id PNGs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import cv2
 import pytorch_lightning as pl
 
 from udaseg.callbacks.files import write_png_atomic
-from udaseg.visualize import colorize
+from udaseg.visualize import colorize, legend
 
 
 class PredictionWriter(pl.Callback):
@@ -22,12 +23,19 @@ class PredictionWriter(pl.Callback):
         self.output_dir = Path(output_dir)
         self.save_train_ids = save_train_ids
 
+    def on_predict_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            strip = legend(module.class_names, trainer.datamodule.palette, width=640)
+            write_png_atomic(self.output_dir / "legend.png", cv2.cvtColor(strip,
+                                                                          cv2.COLOR_RGB2BGR))
+
     def on_predict_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule,
                              outputs: dict, batch: dict, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
         predictions = outputs["prediction"].cpu().numpy()
+        palette = trainer.datamodule.palette
         for prediction, name in zip(predictions, outputs["name"], strict=True):
-            colour = cv2.cvtColor(colorize(prediction), cv2.COLOR_RGB2BGR)
+            colour = cv2.cvtColor(colorize(prediction, palette), cv2.COLOR_RGB2BGR)
             write_png_atomic(self.output_dir / f"{name}_color.png", colour)
             if self.save_train_ids:
                 write_png_atomic(self.output_dir / f"{name}_trainIds.png", prediction)

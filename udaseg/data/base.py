@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from udaseg.data.classes import IGNORE_INDEX
+from udaseg.data.classes import IGNORE_INDEX, palette_for
 
 DATA_ROOT_VARIABLE = "UDASEG_DATA_ROOT"
 
@@ -38,6 +38,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     Attributes:
         class_names: names of the train ids 0..C-1 (the prediction space).
+        palette: colour of each train id (by class name unless a dataset overrides it).
         eval_subsets: named class subsets to report mIoU over, e.g. {"mIoU-16": [...]}.
         has_labels: whether samples carry a "label".
     """
@@ -45,6 +46,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
     class_names: tuple[str, ...] = ()
     eval_subsets: dict[str, list[int]] = {}
     has_labels: bool = True
+
+    @property
+    def palette(self) -> np.ndarray:
+        """(C, 3) uint8 RGB colour of each train id for figures and predictions: the colour of
+        its class name (Cityscapes convention); override to give a dataset its own."""
+        return palette_for(self.class_names)
 
     def __getitem__(self, index: int) -> dict:
         raise NotImplementedError

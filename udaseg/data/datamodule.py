@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
@@ -84,6 +85,11 @@ class UDADataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def palette(self) -> np.ndarray:
+        """(C, 3) RGB class colours (of the source set: every stream has its classes)."""
+        return self.source.palette
 
     @property
     def ignore_index(self) -> int:
