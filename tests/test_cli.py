@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
+import cv2
 import pytest
 import wandb
 import yaml
 
-from tests.helpers import write_config
+from tests.helpers import rgb_image, run_dir, write_config, write_rgb
 from udaseg.cli import main
+from udaseg.data.streams import SameSizeBatchSampler
 
 
 def logged_val_miou(run_dir: Path) -> float:
@@ -130,3 +133,56 @@ def test_evaluating_untrained_weights_is_refused(tmp_path, command):
                        r"--ckpt_path .* or set model.init_args.weights.init_checkpoint"):
         main([command, "--config", str(config)])
     assert not list(tmp_path.rglob("*_metrics.json")), "nothing evaluated, nothing written"
+
+
+def test_wandb_runs_keep_every_file_in_their_own_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory either
+    config = write_config(tmp_path, max_steps=2)
+    for seed in (0, 1):
+        main(["fit", "--config", str(config), "--seed_everything", str(seed),
+              "--trainer.logger", "pytorch_lightning.loggers.WandbLogger",
+              "--trainer.logger.offline", "true", "--trainer.logger.project", "udaseg-test",
+              "--trainer.logger.save_dir", str(tmp_path / "wb"),
+              "--trainer.callbacks+=udaseg.callbacks.EntropyMaps"])
+        wandb.finish()
+    runs = sorted(path for path in (tmp_path / "wb" / "udaseg-test").iterdir())
+    assert len(runs) == 2, "one folder per W&B run id"
+    seeds = set()
+    for run in runs:
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+        assert json.loads((run / "val_metrics.json").read_text())["iteration"] == 2
+        assert len(list((run / "entropy_maps").glob("*.png"))) == 1
+        seeds.add(yaml.safe_load((run / "config.yaml").read_text())["seed_everything"])
+    assert seeds == {0, 1}, "the second run did not overwrite the first one's files"
+    stray = [path.name for path in (tmp_path / "wb").iterdir() if path.is_file()]
+    assert stray == [] and not (tmp_path / "entropy_maps").exists()
+
+
+def test_predict_on_a_relative_folder_of_mixed_sizes(tmp_path, monkeypatch):
+    config = write_config(tmp_path, max_steps=2)
+    main(["fit", "--config", str(config)])
+    checkpoint = str(run_dir(tmp_path, 0) / "checkpoints" / "last.ckpt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UDASEG_DATA_ROOT", str(tmp_path / "datasets"))
+    sizes = {"a": (24, 40), "b": (32, 48), "c": (24, 40)}
+    for name, (height, width) in sizes.items():
+        write_rgb(tmp_path / "my_images" / f"{name}.png", rgb_image(height=height, width=width))
+    predict = ["predict", "--config", str(config), "--ckpt_path", checkpoint,
+               "--data.predict", "udaseg.data.ImageFolder", "--data.eval_batch_size", "2",
+               "--predictions.output_dir", str(tmp_path / "out")]
+    main([*predict, "--data.predict.root", "./my_images"])
+    for name, size in sizes.items():
+        colour = cv2.imread(str(tmp_path / "out" / f"{name}_color.png"))
+        assert colour.shape[:2] == size, "each prediction at its own image's size"
+    # jsonargparse may wrap it (Optional[...] in the data module): the message is what counts.
+    looked = r"folder 'their_images' not found \(looked for "
+    with pytest.raises((FileNotFoundError, ValueError), match=looked
+                       + re.escape(str(tmp_path / "their_images")) + " and "
+                       + re.escape(str(tmp_path / "datasets" / "their_images"))):
+        main([*predict, "--data.predict.root", "their_images"])
+
+
+def test_same_size_batches_group_by_size_and_keep_every_image():
+    sizes = [(2, 2), (4, 4), (2, 2), (2, 2), (4, 4)]
+    batches = list(SameSizeBatchSampler(range(5), batch_size=2, sizes=sizes))
+    assert batches == [[0, 2], [3], [1, 4]]

@@ -219,16 +219,23 @@ class ImageFolder(SegmentationDataset):
     """Unlabelled images in a folder (sorted), for `udaseg predict`.
 
     Args:
-        root: the folder (absolute, or relative to $UDASEG_DATA_ROOT like every dataset root).
+        root: the folder. A relative path is looked up in the working directory first (a user's
+            own folder), then under $UDASEG_DATA_ROOT like every dataset root; the error names
+            both places.
         pattern: glob of the image files, e.g. "*.png" or "**/*_leftImg8bit.png".
     """
 
     has_labels = False
 
     def __init__(self, root: str, pattern: str = "*.png") -> None:
-        self.root = resolve_root(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"ImageFolder: {self.root} does not exist or is not a folder")
+        given = Path(root).expanduser()
+        candidates = [given] if given.is_absolute() else [Path.cwd() / given, resolve_root(root)]
+        found = next((path for path in candidates if path.is_dir()), None)
+        if found is None:
+            raise FileNotFoundError(
+                f"ImageFolder: folder {root!r} not found (looked for "
+                + " and ".join(str(path) for path in candidates) + ")")
+        self.root = found
         self.paths = sorted(path for path in self.root.glob(pattern) if path.is_file())
         if not self.paths:
             raise ValueError(f"ImageFolder: no file matches {pattern!r} under {self.root}")
@@ -240,6 +247,18 @@ class ImageFolder(SegmentationDataset):
         path = self.paths[index]
         return {"image": ImageLabelDataset.read_image(path),
                 "name": str(path.relative_to(self.root).with_suffix(""))}
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image, from the file headers (no decoding)."""
+        sizes = []
+        for path in self.paths:
+            try:
+                with Image.open(path) as image:
+                    width, height = image.size
+            except (OSError, SyntaxError) as error:
+                raise OSError(f"ImageFolder: cannot read image file {path}: {error}") from error
+            sizes.append((height, width))
+        return sizes
 
 
 def check_same_classes(datasets: Sequence[tuple[str, SegmentationDataset]]) -> tuple[str, ...]:

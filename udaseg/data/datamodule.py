@@ -14,11 +14,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import CombinedLoader
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from udaseg.data.base import SegmentationDataset, check_same_classes
 from udaseg.data.classes import IGNORE_INDEX
-from udaseg.data.streams import InfiniteShardedSampler, reseed_worker
+from udaseg.data.streams import InfiniteShardedSampler, SameSizeBatchSampler, reseed_worker
 from udaseg.data.transforms import Augmentation, Normalization, TransformedDataset
 
 # Distinct seed offsets so the source and target streams never share an order.
@@ -135,20 +135,23 @@ class UDADataModule(pl.LightningDataModule):
         # Both streams are endless, so "min_size" simply zips them.
         return CombinedLoader(loaders, mode="min_size")
 
-    def eval_loader(self, key: str, dataset: Optional[SegmentationDataset],
-                    keep_label: bool = True) -> DataLoader:
+    def eval_loader(self, key: str, dataset: Optional[SegmentationDataset]) -> DataLoader:
         if dataset is None:
             raise ValueError(f"no data.{key} set is configured")
-        transformed = TransformedDataset(dataset, self.eval_augmentation, self.normalization,
-                                         keep_label=keep_label)
+        transformed = TransformedDataset(dataset, self.eval_augmentation, self.normalization)
+        return DataLoader(transformed, batch_size=self.eval_batch_size,
+                          sampler=self.eval_sampler(transformed), num_workers=self.num_workers,
+                          shuffle=False, pin_memory=torch.cuda.is_available())
+
+    def eval_sampler(self, dataset: TransformedDataset) -> Sampler[int]:
+        """Every image exactly once, in order; under DDP each rank a disjoint part, even when
+        the set does not divide by the world size (the default DistributedSampler pads and
+        skews the IoU)."""
         rank, world_size = self._rank_and_world()
-        # Unrepeated: every image is evaluated exactly once, even if the set does not divide
-        # by the world size (the default DistributedSampler pads and skews the IoU).
-        sampler = (UnrepeatedDistributedSampler(transformed, num_replicas=world_size, rank=rank,
-                                                shuffle=False) if world_size > 1 else None)
-        return DataLoader(transformed, batch_size=self.eval_batch_size, sampler=sampler,
-                          num_workers=self.num_workers, shuffle=False,
-                          pin_memory=torch.cuda.is_available())
+        if world_size > 1:
+            return UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank,
+                                                shuffle=False)
+        return SequentialSampler(dataset)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_loader("val", self.val)
@@ -157,4 +160,16 @@ class UDADataModule(pl.LightningDataModule):
         return self.eval_loader("test", self.test or self.val)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.eval_loader("predict", self.predict, keep_label=False)
+        """Batches of images of one original size (predictions are written at that size):
+        grouped by `image_sizes()` when the dataset reads them from the file headers, else one
+        image per batch."""
+        if self.predict is None:
+            raise ValueError("no data.predict set is configured")
+        transformed = TransformedDataset(self.predict, self.eval_augmentation,
+                                         self.normalization, keep_label=False)
+        sizes = self.predict.image_sizes() if hasattr(self.predict, "image_sizes") else None
+        batch_size = self.eval_batch_size if sizes is not None else 1
+        batches = SameSizeBatchSampler(self.eval_sampler(transformed), batch_size,
+                                       sizes=sizes or [(0, 0)] * len(transformed))
+        return DataLoader(transformed, batch_sampler=batches, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available())

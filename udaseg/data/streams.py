@@ -8,10 +8,10 @@ training length is set by `trainer.max_steps` alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import DistributedSampler, get_worker_info
+from torch.utils.data import BatchSampler, DistributedSampler, Sampler, get_worker_info
 
 
 class InfiniteShardedSampler(DistributedSampler):
@@ -74,3 +74,38 @@ def reseed_worker(worker_id: int) -> None:
     info = get_worker_info()
     if info is not None and hasattr(info.dataset, "reseed"):
         info.dataset.reseed(info.seed % 2**32)
+
+
+class SameSizeBatchSampler(BatchSampler):
+    """Evaluation batches of at most `batch_size` images that all have the same original size.
+
+    `udaseg predict` writes each prediction at its image's original size, one size per batch;
+    a folder of mixed sizes would otherwise fail to collate (or be upsampled to the first
+    image's size). Sizes are grouped in order of first appearance; nothing is dropped. A
+    `BatchSampler` with `sampler` and `drop_last` arguments, so Lightning can swap in its own
+    (distributed) sampler.
+
+    Args:
+        sampler: the indices to batch, e.g. `SequentialSampler(dataset)`.
+        batch_size: images per batch at most.
+        drop_last: accepted for Lightning, ignored: every image is predicted.
+        sizes: original (height, width) of each dataset index.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool = False,
+                 sizes: Sequence[tuple[int, int]] = ()) -> None:
+        super().__init__(sampler, batch_size, drop_last=False)
+        self.sizes = [tuple(size) for size in sizes]
+
+    def _batches(self) -> list[list[int]]:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index in self.sampler:
+            groups.setdefault(self.sizes[index], []).append(index)
+        return [indices[start:start + self.batch_size] for indices in groups.values()
+                for start in range(0, len(indices), self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._batches()
+
+    def __len__(self) -> int:
+        return len(self._batches())
