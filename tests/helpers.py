@@ -77,9 +77,10 @@ def tiny_method(method_class: type, **kwargs) -> UDAMethod:
 
 def fit(method: UDAMethod, steps: int, **trainer_kwargs) -> pl.Trainer:
     """Train `steps` iterations on the tiny benchmark, on the CPU, without logs or files."""
-    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, accelerator="cpu", devices=1, **trainer_kwargs)
+    settings = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                "enable_model_summary": False, "limit_val_batches": 0, "accelerator": "cpu",
+                "devices": 1, **trainer_kwargs}
+    trainer = pl.Trainer(max_steps=steps, **settings)
     trainer.fit(method, tiny_data())
     return trainer
 

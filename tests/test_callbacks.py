@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -13,11 +14,11 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import tiny_data, tiny_method
-from udaseg.callbacks import EntropyMaps
+from tests.helpers import fit, tiny_data, tiny_method
+from udaseg.callbacks import EntropyMaps, IterationProgressBar
 from udaseg.callbacks.files import write_json_atomic, write_png_atomic
 from udaseg.data import SyntheticStreets
-from udaseg.methods import Ensemble, SourceOnly
+from udaseg.methods import AdvEnt, Ensemble, SourceOnly
 from udaseg.visualize import CITYSCAPES_PALETTE, colorize, palette_for
 
 
@@ -106,3 +107,15 @@ def test_result_files_get_the_umask_mode_not_a_private_one(tmp_path):
         os.umask(previous)
     for name in ("val_metrics.json", "figure.png"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+
+
+def test_progress_bar_counts_iterations_and_shows_the_main_losses():
+    screen = io.StringIO()
+    bar = IterationProgressBar(console_kwargs={"file": screen, "force_terminal": True,
+                                               "width": 200})
+    method = tiny_method(AdvEnt)
+    fit(method, steps=3, callbacks=[bar], enable_progress_bar=True)
+    shown = screen.getvalue()
+    assert "Iteration" in shown and "Epoch" not in shown
+    assert "3/3" in shown and "it/s" in shown
+    assert "train/seg" in shown and "train/adv_main" in shown and "v_num" not in shown

@@ -4,6 +4,7 @@ overlays, CLI trainer defaults."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,20 @@ def test_city_overlay_switches_every_cross_city_split(city_config, capsys):
 
 def test_all_four_cross_city_cities_have_an_overlay():
     assert [path.stem for path in CITIES] == ["rio", "rome", "taipei", "tokyo"]
+
+
+def test_a_copied_config_whose_parts_stayed_behind_says_where_it_looked(tmp_path, capsys):
+    copied = tmp_path / "my_advent.yaml"
+    shutil.copy(CONFIGS / "synthetic" / "advent.yaml", copied)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(copied), "--print_config"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert (f"{copied} includes 'base.yaml' (key config), which was looked for at "
+            f"{tmp_path / 'base.yaml'}: not found") in error
+    assert "relative to the file that includes them" in error
+    # Nested: the base is there but one of its own parts is not.
+    shutil.copy(CONFIGS / "synthetic" / "base.yaml", tmp_path / "base.yaml")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(copied), "--print_config"])
+    assert f"looked for at {tmp_path / 'trainer.yaml'}" in capsys.readouterr().err

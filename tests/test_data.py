@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,7 +10,14 @@ import pytest
 import torch
 
 from tests.helpers import TinyDataset
-from udaseg.data import Augmentation, InfiniteShardedSampler, UDADataModule, normalize
+from udaseg.data import (
+    Augmentation,
+    ImageLabelDataset,
+    InfiniteShardedSampler,
+    SegmentationDataset,
+    UDADataModule,
+    normalize,
+)
 from udaseg.data.transforms import CAFFE_MEAN_BGR, TransformedDataset
 
 
@@ -119,3 +127,19 @@ def test_linked_attributes():
     data = UDADataModule(source=TinyDataset(3, "s"), val=TinyDataset(2, "v"))
     assert data.num_classes == 3 and data.ignore_index == 255
     assert data.eval_subsets == {"mIoU": [0, 1, 2], "mIoU-2": [0, 1]}
+
+
+def test_batch_size_is_per_process_under_ddp():
+    """`batch_size` images per rank and iteration: 2 ranks x batch 3 = 6 source images."""
+    for rank in (0, 1):
+        data = UDADataModule(source=TinyDataset(12, "s"), target=TinyDataset(12, "t"),
+                             batch_size=3, target_batch_size=2)
+        data.trainer = SimpleNamespace(global_rank=rank, world_size=2, global_step=0)
+        batch = take(data.train_dataloader(), 1)[0]
+        assert len(batch["source"]["name"]) == 3 and len(batch["target"]["name"]) == 2
+
+
+def test_abstract_dataset_bases_cannot_be_chosen():
+    assert inspect.isabstract(SegmentationDataset) and inspect.isabstract(ImageLabelDataset)
+    with pytest.raises(TypeError, match="abstract"):
+        ImageLabelDataset("anywhere")

@@ -10,7 +10,6 @@ import torchvision
 
 from udaseg.models import (
     DeepLabV2,
-    ResNetBackbone,
     WeightsError,
     load_imagenet_init,
     load_segmenter_checkpoint,
@@ -177,7 +176,7 @@ def test_parameter_groups_disjoint_and_complete(r101: DeepLabV2) -> None:
 
 def test_light_backbone_variants() -> None:
     for depth, channels in [(18, (64, 128)), (34, (64, 128)), (50, (256, 512))]:
-        backbone = ResNetBackbone(depth=depth, width=16)
+        backbone = DeepLabV2(depth=depth, width=16)
         assert backbone.out_channels == channels
         assert all(hasattr(layer[0], "downsample") and layer[0].downsample is not None
                    for layer in (backbone.layer1, backbone.layer2, backbone.layer3,
@@ -185,7 +184,7 @@ def test_light_backbone_variants() -> None:
         feat3, feat4 = backbone.forward_features(torch.randn(1, 3, 24, 24))
         assert feat3.shape[1:] == (channels[0], 4, 4) and feat4.shape[1:] == (channels[1], 4, 4)
     with pytest.raises(ValueError):
-        ResNetBackbone(depth=152)
+        DeepLabV2(depth=152)
 
 
 # --- ImageNet init --------------------------------------------------------------------------

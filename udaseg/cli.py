@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
+import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import (
     ArgsType,
@@ -47,6 +48,47 @@ def command_line_configs(arguments: Sequence[str]) -> list[Path]:
         elif argument.startswith("--config="):
             files.append(Path(argument.split("=", 1)[1]))
     return files
+
+
+def missing_includes(config_file: Path, _seen: Optional[set] = None) -> list[str]:
+    """Problems with the files `config_file` includes (any `*.yaml` value, `config:` included),
+    recursively; each says which file names which key and the path it resolved to.
+
+    jsonargparse reports only "Unable to load config 'trainer.yaml'" for a copied config whose
+    parts stayed behind: it does not say that includes are relative to the including file."""
+    seen = _seen if _seen is not None else set()
+    config_file = config_file.resolve()
+    if config_file in seen:
+        return []
+    seen.add(config_file)
+    if not config_file.is_file():
+        return [f"config file {config_file} not found"]
+    try:
+        tree = yaml.safe_load(config_file.read_text())
+    except yaml.YAMLError as error:
+        return [f"{config_file} is not valid YAML: {error}"]
+
+    def includes(node, key=""):
+        if isinstance(node, dict):
+            for name, value in node.items():
+                yield from includes(value, f"{key}.{name}" if key else str(name))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                yield from includes(value, f"{key}[{index}]")
+        elif isinstance(node, str) and node.endswith((".yaml", ".yml")):
+            yield key, node
+
+    problems = []
+    for key, value in includes(tree):
+        included = Path(value).expanduser()
+        resolved = included if included.is_absolute() else config_file.parent / included
+        if not resolved.is_file():
+            problems.append(f"{config_file} includes {value!r} (key {key}), which was looked "
+                            f"for at {resolved}: not found. Included files are relative to "
+                            "the file that includes them; copy them along or fix the path")
+        else:
+            problems += missing_includes(resolved, seen)
+    return problems
 
 
 def run_name(config_files: Sequence[Path], subcommand: str) -> Optional[str]:
@@ -100,7 +142,15 @@ class UDASegCLI(LightningCLI):
         arguments = sys.argv[1:] if args is None else args
         self.config_files = command_line_configs(arguments if isinstance(arguments, list)
                                                  else [])
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except SystemExit:
+            # Only explain includes when parsing failed: a `.yaml` value may be plain data.
+            problems = [problem for path in self.config_files
+                        for problem in missing_includes(path)]
+            if problems:
+                print("udaseg: " + "\nudaseg: ".join(problems), file=sys.stderr)
+            raise
 
     def before_instantiate_classes(self) -> None:
         """Name an unnamed CSV/TensorBoard run after its config (W&B: the run's display name),

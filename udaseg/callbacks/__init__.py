@@ -3,5 +3,6 @@
 from udaseg.callbacks.entropy_maps import EntropyMaps
 from udaseg.callbacks.iou_report import IoUReport
 from udaseg.callbacks.prediction_writer import PredictionWriter
+from udaseg.callbacks.progress import IterationProgressBar
 
-__all__ = ["EntropyMaps", "IoUReport", "PredictionWriter"]
+__all__ = ["EntropyMaps", "IoUReport", "IterationProgressBar", "PredictionWriter"]

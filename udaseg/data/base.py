@@ -8,6 +8,7 @@ target and evaluation set.
 
 from __future__ import annotations
 
+import abc
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,7 @@ def resolve_root(root: str) -> Path:
     return Path(os.environ.get(DATA_ROOT_VARIABLE, "data")).expanduser() / path
 
 
-class SegmentationDataset(torch.utils.data.Dataset):
+class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
     """What the data module needs from a dataset, beyond `__len__` / `__getitem__`.
 
     Attributes:
@@ -53,8 +54,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         its class name (Cityscapes convention); override to give a dataset its own."""
         return palette_for(self.class_names)
 
-    def __getitem__(self, index: int) -> dict:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def __getitem__(self, index: int) -> dict: ...
 
 
 class ImageLabelDataset(SegmentationDataset):
@@ -117,9 +121,9 @@ class ImageLabelDataset(SegmentationDataset):
             pairs.append((images / name, labels / label_name if self.has_labels else None))
         return pairs
 
+    @abc.abstractmethod
     def list_pairs(self) -> list[tuple[Path, Optional[Path]]]:
         """(image path, label path or None) for every sample of the split, in a fixed order."""
-        raise NotImplementedError
 
     @staticmethod
     def build_lookup(table: Mapping[int, int], max_raw_id: int) -> np.ndarray:

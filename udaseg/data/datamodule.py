@@ -37,8 +37,10 @@ class UDADataModule(pl.LightningDataModule):
         source_augmentation / target_augmentation: per-stream augmentation.
         eval_augmentation: evaluation-time resize; labels stay at full resolution.
         normalization: "imagenet" (torchvision weights) or "caffe_bgr" (official DeepLab init).
-        batch_size: source images per iteration; target_batch_size defaults to the same.
-        eval_batch_size: images per evaluation batch.
+        batch_size: source images per iteration *per process*: under DDP an iteration sees
+            `batch_size x devices x num_nodes` source images, so a run on more GPUs trains
+            with a larger effective batch. target_batch_size defaults to the same.
+        eval_batch_size: images per evaluation batch (per process).
         num_workers: DataLoader workers per stream.
         seed: shuffling and augmentation seed (also mixed with the rank and the resume step).
     """

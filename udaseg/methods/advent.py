@@ -28,6 +28,8 @@ class MinEnt(UDAMethod):
         **kwargs: `UDAMethod` arguments.
     """
 
+    progress_losses = ("seg", "ent_main")
+
     def __init__(self, lambda_ent_main: float = 1e-3, lambda_ent_aux: float = 2e-4,
                  **kwargs) -> None:
         super().__init__(**kwargs)

@@ -102,6 +102,8 @@ class OutputSpaceAdversarial(AdversarialMethod):
         **kwargs: `AdversarialMethod` arguments.
     """
 
+    progress_losses = ("seg", "adv_main", "disc_main")
+
     def __init__(self, lambda_adv_main: float = 1e-3, lambda_adv_aux: float = 2e-4,
                  **kwargs) -> None:
         super().__init__(**kwargs)

@@ -16,6 +16,7 @@ counting wrapper, discriminators are stepped through the strategy directly, so
 
 from __future__ import annotations
 
+import abc
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ def poly_lr(base_lr: float, iteration: int, max_iters: int, power: float = 0.9,
     return base_lr * (1.0 - progress) ** power
 
 
-class UDAMethod(pl.LightningModule):
+class UDAMethod(pl.LightningModule, abc.ABC):
     """Base LightningModule of all methods (manual optimisation).
 
     Args:
@@ -121,6 +122,8 @@ class UDAMethod(pl.LightningModule):
 
     #: Whether every training batch must carry a target batch; checked once, in the loop.
     needs_target: ClassVar[bool] = True
+    #: Loss terms (keys of `adaptation_step`'s dict) shown on the progress bar; all are logged.
+    progress_losses: ClassVar[tuple[str, ...]] = ("seg",)
 
     def __init__(
         self,
@@ -274,9 +277,9 @@ class UDAMethod(pl.LightningModule):
         losses = self.adaptation_step(batch["source"], target)
         self.step_optimizers(optimizers)
         source_images = batch["source"]["image"]
-        self.log_dict({f"train/{name}": value.detach() for name, value in losses.items()},
-                      on_step=True, on_epoch=False, batch_size=source_images.shape[0],
-                      prog_bar=False)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=False,
+                     batch_size=source_images.shape[0], prog_bar=name in self.progress_losses)
         self.log("train/lr", optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
                  batch_size=source_images.shape[0])
 
@@ -286,6 +289,7 @@ class UDAMethod(pl.LightningModule):
         if 0 < self.trainer.max_steps <= self.global_step:
             self.trainer.should_stop = True
 
+    @abc.abstractmethod
     def adaptation_step(self, source: dict, target: Optional[dict]) -> dict[str, torch.Tensor]:
         """One iteration's losses; call `self.manual_backward` on each, return them for logging.
 
@@ -293,7 +297,6 @@ class UDAMethod(pl.LightningModule):
         is never None when the class sets `needs_target` (the default); otherwise it is None
         when the run has no target stream.
         """
-        raise NotImplementedError
 
     def supervised_step(self, source: dict) -> tuple[SegmenterOutput, dict[str, torch.Tensor]]:
         """Source forward, `supervised_loss`, backward: how every iteration starts.

@@ -83,6 +83,8 @@ class CLAN(AdversarialMethod):
         **kwargs: `AdversarialMethod` arguments; `adaptation_warmup` ramps the adversarial term.
     """
 
+    progress_losses = ("seg", "adv", "disc_target")
+
     def __init__(self, lambda_weight: float = 0.01, lambda_adv: float = 0.001,
                  lambda_local: float = 40.0, epsilon: float = 0.4, preheat_iters: int = 5000,
                  segmentation_loss: Literal["cross_entropy", "focal"] = "cross_entropy",

@@ -50,6 +50,9 @@ class Ensemble(UDAMethod):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         raise RuntimeError("Ensemble is for `udaseg validate` / `udaseg test` only")
 
+    def adaptation_step(self, source: dict, target: Optional[dict]) -> dict[str, torch.Tensor]:
+        raise RuntimeError("Ensemble is for `udaseg validate` / `udaseg test` only")
+
     def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Log of the weighted mean of the members' softmax outputs.
 

@@ -53,6 +53,8 @@ class MaxSquare(UDAMethod):
         **kwargs: `UDAMethod` arguments.
     """
 
+    progress_losses = ("seg", "maxsquare")
+
     def __init__(self, lambda_target: float = 0.1, image_wise_weighting: bool = True,
                  iw_ratio: float = 0.2, multi_level_guidance: bool = True,
                  guidance_threshold: float = 0.95, guidance_weight: float = 0.1,

@@ -31,6 +31,7 @@ from `num_classes`. In Python that is the class itself or a `functools.partial` 
 
 from __future__ import annotations
 
+import abc
 import functools
 import importlib
 from collections.abc import Callable, Mapping
@@ -47,7 +48,7 @@ AUX = "aux"
 SegmenterOutput = dict[str, torch.Tensor]
 
 
-class Segmenter(nn.Module):
+class Segmenter(nn.Module, abc.ABC):
     """Base class of all segmentation networks (see the module docstring for the protocol).
 
     Subclasses set `num_classes` and `heads` in their constructor and implement `forward`,
@@ -60,17 +61,17 @@ class Segmenter(nn.Module):
     num_classes: int
     heads: tuple[str, ...]
 
+    @abc.abstractmethod
     def forward(self, images: torch.Tensor) -> SegmenterOutput:
         """(N, 3, H, W) normalised images -> {head: (N, num_classes, h, w) logits}."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Trainable feature-extractor parameters (the base learning rate), each once."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def classifier_parameters(self) -> list[nn.Parameter]:
         """Trainable classifier parameters (`classifier_lr_mult` x the rate), each once."""
-        raise NotImplementedError
 
     def load_pretrained(self, state: dict[str, torch.Tensor], fmt: str, source: str) -> list[str]:
         """Load pretrained weights of format `fmt` (one of `pretrained_formats`, or "auto")
