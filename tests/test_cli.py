@@ -186,3 +186,14 @@ def test_same_size_batches_group_by_size_and_keep_every_image():
     sizes = [(2, 2), (4, 4), (2, 2), (2, 2), (4, 4)]
     batches = list(SameSizeBatchSampler(range(5), batch_size=2, sizes=sizes))
     assert batches == [[0, 2], [3], [1, 4]]
+
+
+def test_validate_names_its_entropy_map_after_the_checkpoints_iterations(tmp_path):
+    config = write_config(tmp_path, max_steps=2)
+    main(["fit", "--config", str(config)])
+    main(["validate", "--config", str(config), "--trainer.callbacks+=udaseg.callbacks.EntropyMaps",
+          "--ckpt_path", str(run_dir(tmp_path, 0) / "checkpoints" / "last.ckpt")])
+    validated = run_dir(tmp_path, 1)
+    assert json.loads((validated / "val_metrics.json").read_text())["iteration"] == 2
+    assert [path.name for path in (validated / "entropy_maps").iterdir()] == [
+        "iteration_0000002.png"]
