@@ -143,3 +143,9 @@ def test_abstract_dataset_bases_cannot_be_chosen():
     assert inspect.isabstract(SegmentationDataset) and inspect.isabstract(ImageLabelDataset)
     with pytest.raises(TypeError, match="abstract"):
         ImageLabelDataset("anywhere")
+
+
+def test_predict_batches_one_image_when_the_dataset_cannot_tell_its_sizes():
+    data = UDADataModule(source=TinyDataset(3, "s"), predict=TinyDataset(3, "p"),
+                         eval_batch_size=2)
+    assert [batch["name"] for batch in data.predict_dataloader()] == [["p0"], ["p1"], ["p2"]]

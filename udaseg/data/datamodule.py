@@ -169,9 +169,11 @@ class UDADataModule(pl.LightningDataModule):
             raise ValueError("no data.predict set is configured")
         transformed = TransformedDataset(self.predict, self.eval_augmentation,
                                          self.normalization, keep_label=False)
-        sizes = self.predict.image_sizes() if hasattr(self.predict, "image_sizes") else None
-        batch_size = self.eval_batch_size if sizes is not None else 1
-        batches = SameSizeBatchSampler(self.eval_sampler(transformed), batch_size,
-                                       sizes=sizes or [(0, 0)] * len(transformed))
+        sampler = self.eval_sampler(transformed)
+        if not hasattr(self.predict, "image_sizes"):
+            return DataLoader(transformed, batch_size=1, sampler=sampler,
+                              num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+        batches = SameSizeBatchSampler(sampler, self.eval_batch_size,
+                                       sizes=self.predict.image_sizes())
         return DataLoader(transformed, batch_sampler=batches, num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available())

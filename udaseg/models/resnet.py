@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from udaseg.models.segmenter import Segmenter
-from udaseg.models.weights import WeightsError, is_bn_counter, listing, mismatch_message
+from udaseg.models.weights import WeightsError, compare_state, listing, mismatch_message
 
 #: Top-level module names that make up the backbone (the 1x learning-rate group).
 BACKBONE_MODULES: tuple[str, ...] = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
@@ -213,10 +213,7 @@ class ResNetBackbone(Segmenter):
         incoming = _backbone_from_file(state, resolved)
         target = self.state_dict()
         wanted = [k for k in target if k.split(".", 1)[0] in BACKBONE_MODULES]
-        missing = [k for k in wanted if k not in incoming and not is_bn_counter(k)]
-        unexpected = [k for k in incoming if k not in target]
-        mismatched = [f"{k}: model {tuple(target[k].shape)}, file {tuple(incoming[k].shape)}"
-                      for k in wanted if k in incoming and incoming[k].shape != target[k].shape]
+        missing, unexpected, mismatched = compare_state(target, incoming, wanted)
         if missing or unexpected or mismatched:
             raise WeightsError(mismatch_message(
                 f"{source} ({resolved} format) does not fit the model's backbone", missing,

@@ -128,10 +128,7 @@ def load_segmenter_checkpoint(model: nn.Module, path: PathLike, sha256: Optional
     state = _strip_prefixes(as_state_dict(obj, path))
 
     target = model.state_dict()
-    missing = [k for k in target if k not in state and not is_bn_counter(k)]
-    unexpected = [k for k in state if k not in target]
-    mismatched = [f"{k}: model {tuple(target[k].shape)}, file {tuple(state[k].shape)}"
-                  for k in target if k in state and state[k].shape != target[k].shape]
+    missing, unexpected, mismatched = compare_state(target, state, wanted=list(target))
     if mismatched or (strict and (missing or unexpected)):
         raise WeightsError(mismatch_message(
             f"{path} does not fit {type(model).__name__}", missing, unexpected, mismatched))
@@ -140,6 +137,18 @@ def load_segmenter_checkpoint(model: nn.Module, path: PathLike, sha256: Optional
     merged.update({k: v for k, v in state.items() if k in target})
     model.load_state_dict(merged, strict=True)
     return [k for k in target if k not in state]
+
+
+def compare_state(target: StateDict, incoming: StateDict,
+                  wanted: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Keys of `wanted` (model keys) absent from `incoming` (BN `num_batches_tracked` counters
+    excepted: pre-0.4.1 files lack them), `incoming` keys the model lacks, and shape mismatches
+    written "key: model (...), file (...)"."""
+    missing = [k for k in wanted if k not in incoming and not is_bn_counter(k)]
+    unexpected = [k for k in incoming if k not in target]
+    mismatched = [f"{k}: model {tuple(target[k].shape)}, file {tuple(incoming[k].shape)}"
+                  for k in wanted if k in incoming and incoming[k].shape != target[k].shape]
+    return missing, unexpected, mismatched
 
 
 def mismatch_message(head: str, missing: list[str], unexpected: list[str],
