@@ -233,9 +233,15 @@ class UDAMethod(pl.LightningModule, abc.ABC):
 
     # ----------------------------------------------------------------- training loop
     @property
-    def max_iters(self) -> int:
+    def poly_horizon(self) -> Optional[int]:
+        """`optim.max_iters`, else `trainer.max_steps`; None when neither is set."""
         horizon = self.optim_config.max_iters or (self.trainer.max_steps if self._trainer else -1)
-        if horizon is None or horizon <= 0:
+        return horizon if horizon is not None and horizon > 0 else None
+
+    @property
+    def max_iters(self) -> int:
+        horizon = self.poly_horizon
+        if horizon is None:
             raise ValueError("set trainer.max_steps (iterations) or "
                              "model.init_args.optim.max_iters: the poly schedule needs a horizon")
         return horizon
@@ -330,8 +336,8 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         return losses
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.optim_config.max_iters or (self._trainer and self.trainer.max_steps > 0):
-            checkpoint[POLY_HORIZON_KEY] = self.max_iters
+        if self.poly_horizon is not None:
+            checkpoint[POLY_HORIZON_KEY] = self.poly_horizon
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.trained_iterations = int(checkpoint.get("global_step", 0))
