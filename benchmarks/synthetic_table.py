@@ -1,12 +1,13 @@
-"""Reproduce the README table of the built-in benchmark: every method config in
-configs/synthetic/, several seeds, `udaseg fit` then `udaseg test` on the last checkpoint, then
-mean ± std with `udaseg.compare`.
+"""Reproduce the README tables of the built-in benchmark: method configs of configs/synthetic/
+(or another folder: `--benchmark synthetic_v2`), several seeds, `udaseg fit` then `udaseg test`
+on the last checkpoint, then mean ± std with `udaseg.compare`.
 
     python benchmarks/synthetic_table.py --methods source_only oracle minent advent \
         --seeds 0 1 2 --jobs 2 --out runs/synthetic_table
 
-With --jobs 2 each run gets one thread (2 cores: two single-threaded runs beat one
-two-threaded run and avoid oversubscription).
+With --jobs 2 each run gets one thread (2 cores: for the v1 network two single-threaded runs
+beat one two-threaded run). For v2's EfficientNet-Lite0 use --jobs 1: measured, two
+single-threaded runs side by side took 2 s per iteration each, one two-threaded run 0.6 s.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = CONFIG_ROOT / "synthetic"   # the default benchmark folder
 
 
 def last_checkpoint(name: str, seed: int, out: Path) -> Path:
@@ -28,10 +30,10 @@ def last_checkpoint(name: str, seed: int, out: Path) -> Path:
 
 
 def test(method: str, seed: int, out: Path, threads: int, name: str | None = None,
-         extra: Sequence[str] = ()) -> None:
+         extra: Sequence[str] = (), configs: Path = CONFIGS) -> None:
     """`udaseg test` of the run's last checkpoint on the held-out target test split."""
     name = name or method
-    config = CONFIGS / f"{method}.yaml"
+    config = configs / f"{method}.yaml"
     command = [sys.executable, "-m", "udaseg.cli", "test", "--config", str(config),
                "--ckpt_path", str(last_checkpoint(name, seed, out)),
                "--seed_everything", str(seed),
@@ -45,10 +47,10 @@ def test(method: str, seed: int, out: Path, threads: int, name: str | None = Non
 
 
 def run(method: str, seed: int, out: Path, threads: int, name: str | None = None,
-        extra: Sequence[str] = ()) -> str:
+        extra: Sequence[str] = (), configs: Path = CONFIGS) -> str:
     """Fit `configs/synthetic/<method>.yaml` (plus `extra` CLI overrides) as run `name`, test it."""
     name = name or method
-    config = CONFIGS / f"{method}.yaml"
+    config = configs / f"{method}.yaml"
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,7 @@ def run(method: str, seed: int, out: Path, threads: int, name: str | None = None
     with open(logs / f"{name}_seed{seed}_fit.log", "w") as log:
         subprocess.run(fit, env=environment, stdout=log, stderr=subprocess.STDOUT, check=True)
     fit_seconds = time.perf_counter() - start
-    test(method, seed, out, threads, name, extra)
+    test(method, seed, out, threads, name, extra, configs)
     return f"{name} seed {seed}: fit {fit_seconds:.0f} s"
 
 
@@ -71,19 +73,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=["source_only", "oracle", "minent",
                                                           "advent"])
+    parser.add_argument("--benchmark", default="synthetic",
+                        help="config folder under configs/ (synthetic, synthetic_v2)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/synthetic_table"))
     parser.add_argument("--test-only", action="store_true",
                         help="only re-run `udaseg test` on existing checkpoints")
     args = parser.parse_args()
+    configs = CONFIG_ROOT / args.benchmark
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
     work = [(method, seed) for seed in args.seeds for method in args.methods]
     with ThreadPoolExecutor(args.jobs) as pool:
         if args.test_only:
-            list(pool.map(lambda item: test(*item, args.out, threads), work))
+            list(pool.map(lambda item: test(*item, args.out, threads, configs=configs), work))
         else:
-            for line in pool.map(lambda item: run(*item, args.out, threads), work):
+            for line in pool.map(lambda item: run(*item, args.out, threads, configs=configs),
+                                 work):
                 print(line, flush=True)
     from udaseg.compare import main as compare
     compare([str(args.out / "test"), "--stage", "test", "--per-class", "--markdown"])

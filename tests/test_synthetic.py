@@ -169,3 +169,23 @@ def test_dataloader_collates():
                                          batch_size=2)
     batch = next(iter(loader))
     assert batch["image"].shape == (2, 64, 128, 3) and batch["label"].shape == (2, 64, 128)
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_version_2_scenes_have_bigger_small_classes_that_stay_rare(domain):
+    def shares(version: int) -> np.ndarray:
+        dataset = SyntheticStreets(domain, "val", 40, seed=5, version=version)
+        counts = sum(np.bincount(dataset[i]["label"].ravel(), minlength=256) for i in range(40))
+        return counts[:C] / counts[:C].sum()
+
+    v1, v2 = shares(1), shares(2)
+    road = SYNTHETIC_CLASSES.index("road")
+    for small in ("person", "pole", "traffic sign"):
+        k = SYNTHETIC_CLASSES.index(small)
+        assert v2[k] > 2 * v1[k], small   # at least twice the pixels ...
+        assert v2[k] < 0.05 < v2[road], small   # ... and still rare
+    # Version 1 stays the original benchmark: the default presets, unchanged.
+    assert domain_params(domain)[1] == domain_params(domain, version=1)[1]
+    assert SyntheticStreets(domain).layout == domain_params(domain)[1]
+    with pytest.raises(ValueError, match="unknown scene version 3"):
+        SyntheticStreets(domain, version=3)

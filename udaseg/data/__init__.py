@@ -6,6 +6,7 @@ from udaseg.data.classes import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAIN_ID, I
 from udaseg.data.crosscity import CROSSCITY_13, CrossCity
 from udaseg.data.datamodule import UDADataModule
 from udaseg.data.gta5 import GTA5
+from udaseg.data.rare_class_sampling import RareClassSampler, RareClassSampling
 from udaseg.data.streams import InfiniteShardedSampler
 from udaseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticStreets
 from udaseg.data.synthia import SYNTHIA_13, SYNTHIA_16, SynthiaRandCityscapes
@@ -15,6 +16,7 @@ __all__ = [
     "CROSSCITY_13", "Cityscapes", "CrossCity", "GTA5", "SYNTHIA_13", "SYNTHIA_16",
     "SynthiaRandCityscapes", "Augmentation", "ImageFolder", "CITYSCAPES_CLASSES",
     "CITYSCAPES_ID_TO_TRAIN_ID", "IGNORE_INDEX",
-    "ImageLabelDataset", "InfiniteShardedSampler", "SYNTHETIC_CLASSES", "SegmentationDataset",
+    "ImageLabelDataset", "InfiniteShardedSampler", "RareClassSampler", "RareClassSampling",
+    "SYNTHETIC_CLASSES", "SegmentationDataset",
     "SyntheticStreets", "TransformedDataset", "UDADataModule", "denormalize", "normalize",
 ]

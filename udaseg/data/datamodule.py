@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from udaseg.data.base import SegmentationDataset, check_same_classes
 from udaseg.data.classes import IGNORE_INDEX
+from udaseg.data.rare_class_sampling import RareClassSampler, RareClassSampling, class_pixel_counts
 from udaseg.data.streams import InfiniteShardedSampler, SameSizeBatchSampler, reseed_worker
 from udaseg.data.transforms import Augmentation, Normalization, TransformedDataset
 
@@ -36,12 +37,15 @@ class UDADataModule(pl.LightningDataModule):
         predict: images to segment with `udaseg predict` (e.g. `udaseg.data.ImageFolder`).
         source_augmentation / target_augmentation: per-stream augmentation.
         eval_augmentation: evaluation-time resize; labels stay at full resolution.
-        normalization: "imagenet" (torchvision weights) or "caffe_bgr" (official DeepLab init).
+        normalization: "imagenet" (torchvision weights), "caffe_bgr" (official DeepLab init)
+            or "signed", (x - 127) / 128 (TensorFlow-converted EfficientNet-Lite weights).
         batch_size: source images per iteration *per process*: under DDP an iteration sees
             `batch_size x devices x num_nodes` source images, so a run on more GPUs trains
             with a larger effective batch. target_batch_size defaults to the same.
         eval_batch_size: images per evaluation batch (per process).
         num_workers: DataLoader workers per stream.
+        rare_class_sampling: draw source images by DAFormer's rare class sampling instead of
+            uniform passes (`udaseg.data.RareClassSampling`); None = uniform.
         seed: shuffling and augmentation seed (also mixed with the rank and the resume step).
     """
 
@@ -61,6 +65,7 @@ class UDADataModule(pl.LightningDataModule):
         eval_batch_size: int = 1,
         num_workers: int = 0,
         seed: int = 0,
+        rare_class_sampling: Optional[RareClassSampling] = None,
     ) -> None:
         super().__init__()
         streams = [("source", source)] + [(key, dataset) for key, dataset in
@@ -82,6 +87,8 @@ class UDADataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.rare_class_sampling = rare_class_sampling
+        self._source_pixel_counts: Optional[np.ndarray] = None
 
     # Linked into the method's constructor by the CLI, so they are written once, here.
     @property
@@ -118,14 +125,25 @@ class UDADataModule(pl.LightningDataModule):
         stream_seed = self.seed * 7919 + _STREAM_SEEDS[key] + 104_729 * self._resume_offset()
         transformed = TransformedDataset(dataset, augmentation, self.normalization, keep_label)
         transformed.reseed(stream_seed * 997 + rank)
-        sampler = InfiniteShardedSampler(len(dataset), num_replicas=world_size, rank=rank,
-                                         seed=stream_seed)
+        sampler = self.stream_sampler(key, dataset, world_size, rank, stream_seed)
         return DataLoader(transformed, batch_size=batch_size, sampler=sampler,
                           num_workers=self.num_workers, drop_last=True,
                           worker_init_fn=reseed_worker,
                           generator=torch.Generator().manual_seed(stream_seed * 997 + rank),
                           persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
+
+    def stream_sampler(self, key: str, dataset: SegmentationDataset, world_size: int, rank: int,
+                       seed: int) -> InfiniteShardedSampler:
+        """Uniform passes, or rare class sampling for the source stream when configured."""
+        if key != "source" or self.rare_class_sampling is None:
+            return InfiniteShardedSampler(len(dataset), num_replicas=world_size, rank=rank,
+                                          seed=seed)
+        if self._source_pixel_counts is None:  # one pass over the labels per run
+            self._source_pixel_counts = class_pixel_counts(dataset, self.num_classes,
+                                                           progress=rank == 0)
+        return RareClassSampler(self._source_pixel_counts, self.rare_class_sampling,
+                                num_replicas=world_size, rank=rank, seed=seed)
 
     def train_dataloader(self) -> CombinedLoader:
         loaders = {"source": self.stream_loader("source", self.source, self.source_augmentation,

@@ -55,6 +55,10 @@ class LayoutParams:
         far_scale: ground scale `s` where the street ends in a row of distant buildings.
         skyline_height: heights of the distant buildings (units).
         cars / persons / poles / trees: object counts; `object_scale`: size multiplier.
+        person_height: person height (units at ground scale 1); `person_depth`: range of the
+            ground scale persons stand at (log-uniform; larger = nearer and bigger).
+        pole_width: pole width (units), never under `pole_min_px` pixels; `pole_depth`: as
+            `person_depth`, for poles. `sign_radius`: traffic-sign radius range (units).
         crossing_prob: chance that a person stands on the road instead of a sidewalk.
         sign_prob: chance that a pole carries a traffic sign; `lamp_prob`: a lamp arm.
         roll_deg: max absolute camera roll; `hood_prob`: chance of an ego-vehicle hood (ignored).
@@ -74,6 +78,12 @@ class LayoutParams:
     poles: tuple[float, float] = (1, 3)
     trees: tuple[float, float] = (0, 3)
     object_scale: tuple[float, float] = (1.0, 1.1)
+    person_height: float = 0.45
+    person_depth: tuple[float, float] = (0.18, 0.9)
+    pole_width: float = 0.05
+    pole_min_px: float = 1.0
+    pole_depth: tuple[float, float] = (0.18, 1.2)
+    sign_radius: tuple[float, float] = (0.08, 0.12)
     crossing_prob: float = 0.15
     sign_prob: float = 0.4
     lamp_prob: float = 0.3
@@ -285,7 +295,7 @@ def build_scene(rng: np.random.Generator, p: LayoutParams, height: int, width: i
                        cx + sx * w * 0.4 + w * 0.06, top + body_h * 0.4, "car_light")
 
     def person(lat, s):
-        h = 0.45 * obj_scale * u((0.85, 1.1)) * s * R
+        h = p.person_height * obj_scale * u((0.85, 1.1)) * s * R
         cx, yb = gx(lat, s), gy(s)
         bw = h * u((0.22, 0.3))
         if draws.random() < 0.5:
@@ -300,14 +310,14 @@ def build_scene(rng: np.random.Generator, p: LayoutParams, height: int, width: i
     def pole(side, s):
         lat = side * u((1.07, 1.2))
         h = u((1.0, 1.6)) * s * R
-        pw = max(0.05 * s * R, 1.0)
+        pw = max(p.pole_width * s * R, p.pole_min_px)
         cx, yb = gx(lat, s), gy(s)
         c.rect(cx - pw / 2, yb - h, cx + pw / 2, yb, "pole")
         if draws.random() < p.lamp_prob:
             c.rect(min(cx, cx - side * 0.3 * s * R), yb - h, max(cx, cx - side * 0.3 * s * R),
                    yb - h + pw, "pole")
         if draws.random() < p.sign_prob:
-            r = u((0.08, 0.12)) * s * R
+            r = u(p.sign_radius) * s * R
             sy = yb - h * u((0.6, 0.85))
             shape = draws.integers(0, 3)
             if shape == 0:
@@ -332,14 +342,14 @@ def build_scene(rng: np.random.Generator, p: LayoutParams, height: int, width: i
         s = depth_scale()
         objects.append((s, lambda lat=lat, s=s: car(lat, s)))
     for _ in range(count(p.persons)):
-        s = depth_scale(0.18, 0.9)
+        s = depth_scale(*p.person_depth)
         if draws.random() < p.crossing_prob:
             lat = u((-0.9, 0.9))
         else:
             lat = draws.choice((-1, 1)) * u((1.1, lb - 0.05))
         objects.append((s, lambda lat=lat, s=s: person(lat, s)))
     for _ in range(count(p.poles)):
-        side, s = draws.choice((-1, 1)), depth_scale(0.18, 1.2)
+        side, s = draws.choice((-1, 1)), depth_scale(*p.pole_depth)
         objects.append((s, lambda side=side, s=s: pole(side, s)))
     for _ in range(count(p.trees)):
         side, s = draws.choice((-1, 1)), depth_scale(0.15, 1.2)

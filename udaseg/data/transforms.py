@@ -16,12 +16,14 @@ import torch
 
 from udaseg.data.classes import IGNORE_INDEX
 
-Normalization = Literal["imagenet", "caffe_bgr"]
+Normalization = Literal["imagenet", "caffe_bgr", "signed"]
 
 IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
 IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
 # Mean of the Caffe ResNet-101 the official DeepLabV2 weights come from, in BGR order.
 CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], dtype=np.float32)
+# TensorFlow Lite preprocessing, (x - 127) / 128: what the EfficientNet-Lite weights expect.
+SIGNED_CENTER, SIGNED_SCALE = 127.0, 128.0
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,11 @@ def normalize(image: np.ndarray, normalization: Normalization) -> torch.Tensor:
         pixels = (pixels - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB
     elif normalization == "caffe_bgr":
         pixels = pixels[..., ::-1] - CAFFE_MEAN_BGR
+    elif normalization == "signed":
+        pixels = (pixels - SIGNED_CENTER) / SIGNED_SCALE
     else:
-        raise ValueError(f"normalization must be 'imagenet' or 'caffe_bgr', got {normalization!r}")
+        raise ValueError("normalization must be 'imagenet', 'caffe_bgr' or 'signed', got "
+                         f"{normalization!r}")
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
@@ -91,6 +96,8 @@ def denormalize(images: torch.Tensor, normalization: Normalization) -> np.ndarra
     pixels = images.detach().float().cpu().numpy().transpose(0, 2, 3, 1)
     if normalization == "imagenet":
         pixels = pixels * IMAGENET_STD_RGB + IMAGENET_MEAN_RGB
+    elif normalization == "signed":
+        pixels = pixels * SIGNED_SCALE + SIGNED_CENTER
     else:
         pixels = (pixels + CAFFE_MEAN_BGR)[..., ::-1]
     return np.clip(pixels, 0, 255).astype(np.uint8)

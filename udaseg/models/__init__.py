@@ -3,6 +3,7 @@
 from udaseg.models.deeplabv2 import ClassifierASPP, DeepLabV2, seg_output_size
 from udaseg.models.discriminator import FCDiscriminator
 from udaseg.models.dual_classifier import DualClassifierDeepLab
+from udaseg.models.efficientnet_lite import EfficientNetLiteDeepLab, EfficientNetLiteDualClassifier
 from udaseg.models.resnet import ResNetBackbone
 from udaseg.models.segmenter import (
     AUX,
@@ -27,6 +28,8 @@ __all__ = [
     "ClassifierASPP",
     "DeepLabV2",
     "DualClassifierDeepLab",
+    "EfficientNetLiteDeepLab",
+    "EfficientNetLiteDualClassifier",
     "FCDiscriminator",
     "MAIN",
     "ResNetBackbone",

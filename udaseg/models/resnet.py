@@ -15,7 +15,7 @@ from typing import ClassVar, Literal, Union
 import torch
 from torch import nn
 
-from udaseg.models.segmenter import Segmenter
+from udaseg.models.segmenter import Segmenter, he_init_
 from udaseg.models.weights import WeightsError, compare_state, listing, mismatch_message
 
 #: Top-level module names that make up the backbone (the 1x learning-rate group).
@@ -180,13 +180,7 @@ class ResNetBackbone(Segmenter):
         """He init for convs, BN at identity. Only matters when no ImageNet init is loaded
         (light CPU backbones); the official code's normal(0, 0.01) is fine only because BN follows.
         """
-        for name in BACKBONE_MODULES:
-            for m in getattr(self, name).modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
+        he_init_(*(getattr(self, name) for name in BACKBONE_MODULES))
 
     def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3, H, W) images -> (layer3, layer4) features at output stride 8."""

@@ -79,6 +79,18 @@ class Segmenter(nn.Module, abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} reads no pretrained weight files")
 
 
+def he_init_(*modules: nn.Module) -> None:
+    """He (fan-out) init for every conv inside `modules`, BN at identity: the from-scratch
+    init of encoders (only matters when no ImageNet weights are loaded)."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
 SegmenterFactory = Callable[[int], Segmenter]
 #: A segmenter as stored in hyperparameters and checkpoints: {"class_path", "init_args"}.
 SegmenterSpec = dict[str, Any]

