@@ -45,9 +45,7 @@ def classify(model: EfficientNetLiteDeepLab, state: dict, images: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(ImageNet probabilities, stem conv output) of the encoder + the file's classifier."""
     stem = model.stem_conv(images)
-    features = F.relu6(model.stem_bn(stem))
-    for block in model.blocks:
-        features = block(features)
+    features = model.encode(images)[1]   # the last block's output (no skip configured)
     head = F.conv2d(features, state["_conv_head.weight"])
     head = F.batch_norm(head, state["_bn1.running_mean"], state["_bn1.running_var"],
                         state["_bn1.weight"], state["_bn1.bias"], training=False, eps=1e-3)

@@ -125,3 +125,24 @@ def test_colour_label_is_rejected(gta5_root):
     write_rgb(gta5_root / "labels" / "00001.png", rgb_image())
     with pytest.raises(ValueError, match=r"00001\.png is a 'RGB' image"):
         GTA5(str(gta5_root))[0]
+
+
+def test_label_alone_matches_the_sample_label_without_decoding_images(gta5_root, monkeypatch):
+    """Rare class sampling's class index reads labels only: same train ids (the mismatched
+    label resized to its image's header size), no image decoded."""
+    from udaseg.data.rare_class_sampling import class_pixel_counts
+
+    data = GTA5(str(gta5_root))
+    with pytest.warns(UserWarning):
+        expected = [data[i]["label"] for i in range(len(data))]
+        counts = np.stack([np.bincount(label[label != 255].ravel(), minlength=19)
+                           for label in expected])
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path}")
+
+    monkeypatch.setattr(GTA5, "read_image", staticmethod(no_decoding))
+    with pytest.warns(UserWarning, match=re.escape(str(gta5_root / "labels" / "00002.png"))):
+        for index, label in enumerate(expected):
+            np.testing.assert_array_equal(data.label(index), label)
+        np.testing.assert_array_equal(class_pixel_counts(data, 19, progress=False), counts)

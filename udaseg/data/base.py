@@ -60,6 +60,22 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
     @abc.abstractmethod
     def __getitem__(self, index: int) -> dict: ...
 
+    def label(self, index: int) -> np.ndarray:
+        """The (H, W) train-id label of sample `index` alone (e.g. for rare class sampling's
+        class index). Default: the sample's "label"; datasets that can read a label without
+        decoding its image override this."""
+        return self[index]["label"]
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, SyntaxError) as error:
+        raise OSError(f"cannot read image file {path}: {error}") from error
+    return height, width
+
 
 class ImageLabelDataset(SegmentationDataset):
     """Image files + label files + a raw-id → train-id table.
@@ -152,24 +168,33 @@ class ImageLabelDataset(SegmentationDataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
-        image_path, label_path = self.pairs[index]
+        image_path, _ = self.pairs[index]
         sample = {"image": self.read_image(image_path), "name": image_path.stem}
         if self.has_labels:
-            if label_path is None:
-                raise ValueError(f"{image_path} has no label file")
-            raw = self.read_label_ids(label_path)
-            if raw.max(initial=0) > self.max_raw_id:
-                raise ValueError(f"label file {label_path} holds id {int(raw.max())} > "
-                                 f"{self.max_raw_id}, the largest this dataset expects")
-            label = self.lookup[raw]
-            height, width = sample["image"].shape[:2]
-            if label.shape != (height, width):
-                # Known in GTA5: a few labels differ in size from their image.
-                warnings.warn(f"label {label_path} is {label.shape[1]}x{label.shape[0]}, image "
-                              f"is {width}x{height}; resizing the label (nearest)", stacklevel=2)
-                label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
-            sample["label"] = label
+            sample["label"] = self.train_ids(index, sample["image"].shape[:2])
         return sample
+
+    def label(self, index: int) -> np.ndarray:
+        """The label alone, at its image's size read from the image header (no decoding)."""
+        return self.train_ids(index, read_image_size(self.pairs[index][0]))
+
+    def train_ids(self, index: int, image_size: tuple[int, int]) -> np.ndarray:
+        """Train ids of sample `index`, at `image_size` (height, width) of its image."""
+        image_path, label_path = self.pairs[index]
+        if label_path is None:
+            raise ValueError(f"{image_path} has no label file")
+        raw = self.read_label_ids(label_path)
+        if raw.max(initial=0) > self.max_raw_id:
+            raise ValueError(f"label file {label_path} holds id {int(raw.max())} > "
+                             f"{self.max_raw_id}, the largest this dataset expects")
+        label = self.lookup[raw]
+        height, width = image_size
+        if label.shape != (height, width):
+            # Known in GTA5: a few labels differ in size from their image.
+            warnings.warn(f"label {label_path} is {label.shape[1]}x{label.shape[0]}, image "
+                          f"is {width}x{height}; resizing the label (nearest)", stacklevel=3)
+            label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
+        return label
 
 
 def read_index_png(path: Path) -> np.ndarray:
@@ -254,15 +279,7 @@ class ImageFolder(SegmentationDataset):
 
     def image_sizes(self) -> list[tuple[int, int]]:
         """(height, width) of every image, from the file headers (no decoding)."""
-        sizes = []
-        for path in self.paths:
-            try:
-                with Image.open(path) as image:
-                    width, height = image.size
-            except (OSError, SyntaxError) as error:
-                raise OSError(f"ImageFolder: cannot read image file {path}: {error}") from error
-            sizes.append((height, width))
-        return sizes
+        return [read_image_size(path) for path in self.paths]
 
 
 def check_same_classes(datasets: Sequence[tuple[str, SegmentationDataset]]) -> tuple[str, ...]:

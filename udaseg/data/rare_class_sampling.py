@@ -54,12 +54,17 @@ class RareClassSampling:
 
 def class_pixel_counts(dataset: torch.utils.data.Dataset, num_classes: int,
                        progress: bool = True) -> np.ndarray:
-    """(N, C) pixels of each class in each labelled sample (ignore label excluded)."""
+    """(N, C) pixels of each class in each labelled sample (ignore label excluded).
+
+    Reads labels through `SegmentationDataset.label` where the dataset has it (file datasets
+    then skip decoding the images), else through `dataset[index]["label"]`.
+    """
+    read_label = getattr(dataset, "label", None) or (lambda index: dataset[index]["label"])
     counts = np.zeros((len(dataset), num_classes), np.int64)
     items = tqdm(range(len(dataset)), desc="rare class sampling: class pixels",
                  disable=not progress, file=sys.stderr, leave=False)
     for index in items:
-        label = np.asarray(dataset[index]["label"]).ravel()
+        label = np.asarray(read_label(index)).ravel()
         label = label[label != IGNORE_INDEX]
         if label.size and label.max() >= num_classes:
             raise ValueError(f"sample {index} of {type(dataset).__name__} has label "
