@@ -142,7 +142,7 @@ class SaveRankWeights(pl.Callback):
 
 
 def fit_two_ranks(tmp_path: Path, method: str, *extra: str,
-                  segmenter: Optional[dict] = None) -> list[dict]:
+                  segmenter: Optional[dict] = None, adversarial: bool = True) -> list[dict]:
     """Fit 3 iterations of a tiny config with 2 gloo ranks through the CLI, in a subprocess
     (inside pytest, Lightning's DDP launcher would re-launch the test session); each rank's
     final weights."""
@@ -151,7 +151,7 @@ def fit_two_ranks(tmp_path: Path, method: str, *extra: str,
     command = [sys.executable, "-m", "udaseg.cli", "fit", "--config", str(config),
                "--trainer.strategy", "ddp_find_unused_parameters_true",
                "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-               "--model.init_args.discriminator_width", "8", *extra,
+               *(["--model.init_args.discriminator_width", "8"] if adversarial else []), *extra,
                "--trainer.callbacks+=tests.helpers.SaveRankWeights",
                f"--trainer.callbacks.directory={dump}"]
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

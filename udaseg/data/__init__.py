@@ -6,6 +6,7 @@ from udaseg.data.classes import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAIN_ID, I
 from udaseg.data.crosscity import CROSSCITY_13, CrossCity
 from udaseg.data.datamodule import UDADataModule
 from udaseg.data.gta5 import GTA5
+from udaseg.data.photometric import StrongView
 from udaseg.data.rare_class_sampling import RareClassSampler, RareClassSampling
 from udaseg.data.streams import InfiniteShardedSampler
 from udaseg.data.synthetic import SYNTHETIC_CLASSES, SyntheticStreets
@@ -17,6 +18,6 @@ __all__ = [
     "SynthiaRandCityscapes", "Augmentation", "ImageFolder", "CITYSCAPES_CLASSES",
     "CITYSCAPES_ID_TO_TRAIN_ID", "IGNORE_INDEX",
     "ImageLabelDataset", "InfiniteShardedSampler", "RareClassSampler", "RareClassSampling",
-    "SYNTHETIC_CLASSES", "SegmentationDataset",
+    "SYNTHETIC_CLASSES", "SegmentationDataset", "StrongView",
     "SyntheticStreets", "TransformedDataset", "UDADataModule", "denormalize", "normalize",
 ]

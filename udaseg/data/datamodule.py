@@ -1,8 +1,9 @@
 """The one data module: a labelled source stream paired with an unlabelled target stream.
 
 Training batches look like `{"source": {"image", "label", "name"}, "target": {"image", "name"}}`;
-the target entry is missing when no target set is given (source-only / oracle runs). Validation
-and test batches are plain `{"image", "label", "name"}` from labelled target sets.
+the target entry is missing when no target set is given (source-only / oracle runs) and also
+holds "strong_image" with `target_strong_view` (TUFL). Validation and test batches are plain
+`{"image", "label", "name"}` from labelled target sets.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from udaseg.data.base import SegmentationDataset, check_same_classes
 from udaseg.data.classes import IGNORE_INDEX
+from udaseg.data.photometric import StrongView
 from udaseg.data.rare_class_sampling import RareClassSampler, RareClassSampling, class_pixel_counts
 from udaseg.data.streams import InfiniteShardedSampler, SameSizeBatchSampler, reseed_worker
 from udaseg.data.transforms import Augmentation, Normalization, TransformedDataset
@@ -47,6 +49,10 @@ class UDADataModule(pl.LightningDataModule):
         rare_class_sampling: draw source images by DAFormer's rare class sampling instead of
             uniform passes (`udaseg.data.RareClassSampling`); None = uniform.
         seed: shuffling and augmentation seed (also mixed with the rank and the resume step).
+        target_strong_view: a second, photometrically augmented view of each target crop for
+            consistency methods (TUFL); the settings live in the data config
+            (`udaseg.data.StrongView`; `target_strong_view: {}` = the official TUFL settings).
+            Target batches then also hold "strong_image", the same crop as "image". None = off.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class UDADataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         rare_class_sampling: Optional[RareClassSampling] = None,
+        target_strong_view: Optional[StrongView] = None,
     ) -> None:
         super().__init__()
         streams = [("source", source)] + [(key, dataset) for key, dataset in
@@ -88,6 +95,7 @@ class UDADataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.rare_class_sampling = rare_class_sampling
+        self.target_strong_view = target_strong_view
         self._source_pixel_counts: Optional[np.ndarray] = None
 
     # Linked into the method's constructor by the CLI, so they are written once, here.
@@ -120,10 +128,12 @@ class UDADataModule(pl.LightningDataModule):
         return 0 if self.trainer is None else int(self.trainer.global_step)
 
     def stream_loader(self, key: str, dataset: SegmentationDataset, augmentation: Augmentation,
-                      batch_size: int, keep_label: bool) -> DataLoader:
+                      batch_size: int, keep_label: bool,
+                      strong_view: Optional[StrongView] = None) -> DataLoader:
         rank, world_size = self._rank_and_world()
         stream_seed = self.seed * 7919 + _STREAM_SEEDS[key] + 104_729 * self._resume_offset()
-        transformed = TransformedDataset(dataset, augmentation, self.normalization, keep_label)
+        transformed = TransformedDataset(dataset, augmentation, self.normalization, keep_label,
+                                         strong_view)
         transformed.reseed(stream_seed * 997 + rank)
         sampler = self.stream_sampler(key, dataset, world_size, rank, stream_seed)
         return DataLoader(transformed, batch_size=batch_size, sampler=sampler,
@@ -139,11 +149,18 @@ class UDADataModule(pl.LightningDataModule):
         if key != "source" or self.rare_class_sampling is None:
             return InfiniteShardedSampler(len(dataset), num_replicas=world_size, rank=rank,
                                           seed=seed)
-        if self._source_pixel_counts is None:  # one pass over the labels per run
-            self._source_pixel_counts = class_pixel_counts(dataset, self.num_classes,
-                                                           progress=rank == 0)
-        return RareClassSampler(self._source_pixel_counts, self.rare_class_sampling,
+        return RareClassSampler(self.source_pixel_counts(), self.rare_class_sampling,
                                 num_replicas=world_size, rank=rank, seed=seed)
+
+    def source_pixel_counts(self) -> np.ndarray:
+        """(num_images, C) labelled pixels of each class in each source image: one pass over
+        the source labels per run, shared by rare class sampling and methods that weight
+        classes by their source frequency (TUFL)."""
+        if self._source_pixel_counts is None:
+            rank, _ = self._rank_and_world()
+            self._source_pixel_counts = class_pixel_counts(self.source, self.num_classes,
+                                                           progress=rank == 0)
+        return self._source_pixel_counts
 
     def train_dataloader(self) -> CombinedLoader:
         loaders = {"source": self.stream_loader("source", self.source, self.source_augmentation,
@@ -151,7 +168,8 @@ class UDADataModule(pl.LightningDataModule):
         if self.target is not None:
             loaders["target"] = self.stream_loader("target", self.target,
                                                    self.target_augmentation,
-                                                   self.target_batch_size, keep_label=False)
+                                                   self.target_batch_size, keep_label=False,
+                                                   strong_view=self.target_strong_view)
         # Both streams are endless, so "min_size" simply zips them.
         return CombinedLoader(loaders, mode="min_size")
 

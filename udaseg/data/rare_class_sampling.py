@@ -61,7 +61,7 @@ def class_pixel_counts(dataset: torch.utils.data.Dataset, num_classes: int,
     """
     read_label = getattr(dataset, "label", None) or (lambda index: dataset[index]["label"])
     counts = np.zeros((len(dataset), num_classes), np.int64)
-    items = tqdm(range(len(dataset)), desc="rare class sampling: class pixels",
+    items = tqdm(range(len(dataset)), desc="source class pixels",
                  disable=not progress, file=sys.stderr, leave=False)
     for index in items:
         label = np.asarray(read_label(index)).ravel()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from udaseg.data.classes import IGNORE_INDEX
+from udaseg.data.photometric import StrongView
 
 Normalization = Literal["imagenet", "caffe_bgr", "signed"]
 
@@ -24,6 +25,8 @@ IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
 CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], dtype=np.float32)
 # TensorFlow Lite preprocessing, (x - 127) / 128: what the EfficientNet-Lite weights expect.
 SIGNED_CENTER, SIGNED_SCALE = 127.0, 128.0
+# Second entropy word of the strong view's generator, next to the stream seed.
+_STRONG_VIEW_STREAM = 0x5747
 
 
 @dataclass(frozen=True)
@@ -108,19 +111,30 @@ class TransformedDataset(torch.utils.data.Dataset):
 
     `keep_label=False` is how the target training stream is built: the label is dropped here,
     before collation, so target labels can never reach a training step.
+
+    `strong_view` (target stream, consistency methods such as TUFL) adds "strong_image": the
+    same augmented crop as "image", pixel for pixel, after `StrongView`'s photometric steps,
+    normalised the same way. Its parameters come from `self.rng`, which `reseed` re-creates
+    from the same seed as the augmentation pipeline (but as a separate stream).
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, augmentation: Augmentation,
-                 normalization: Normalization, keep_label: bool = True) -> None:
+                 normalization: Normalization, keep_label: bool = True,
+                 strong_view: Optional[StrongView] = None) -> None:
         self.dataset = dataset
         self.augmentation = augmentation
         self.normalization = normalization
         self.keep_label = keep_label
+        self.strong_view = strong_view
         self.pipeline = augmentation.build()
+        self.rng = np.random.default_rng()
 
     def reseed(self, seed: int) -> None:
         """Give this copy of the pipeline its own random stream (per worker and rank)."""
         self.pipeline.set_random_seed(seed)
+        # albumentations seeds its own generator with `seed` itself: a different key keeps the
+        # strong view's draws independent of the crops and flips.
+        self.rng = np.random.default_rng([seed, _STRONG_VIEW_STREAM])
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -143,6 +157,9 @@ class TransformedDataset(torch.utils.data.Dataset):
             image = self.pipeline(image=image)["image"]
         item = {"image": normalize(image, self.normalization), "name": sample["name"],
                 "original_size": original_size}
+        if self.strong_view is not None:  # from the clean view's final pixels: the same crop
+            item["strong_image"] = normalize(self.strong_view(image, self.rng),
+                                             self.normalization)
         if keep:
             item["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
         return item

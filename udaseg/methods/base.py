@@ -111,6 +111,9 @@ class UDAMethod(pl.LightningModule, abc.ABC):
             checkpoint, SHA-256 pins); random initialisation by default.
         optim: optimiser configuration.
         aux_weight: weight of the auxiliary (layer3) source loss, 0.1 in ADVENT.
+        head_weights: weight of each segmenter head in the source loss (and in methods that
+            weight heads the same way, e.g. TUFL's target loss), replacing `{main: 1, aux:
+            aux_weight}`; e.g. BiSeNet as in TUFL: 1/3 for each of its three heads.
         bn_stats: "batch" normalises with batch statistics during training and updates the
             running stats (what the official code does, since it calls `model.train()`);
             "frozen" keeps BN layers in eval mode (statistics of the initialisation).
@@ -135,6 +138,7 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         weights: SegmenterWeights = SegmenterWeights(),
         optim: OptimConfig = OptimConfig(),
         aux_weight: float = 0.1,
+        head_weights: Optional[dict[str, float]] = None,
         bn_stats: Literal["batch", "frozen"] = "batch",
         adaptation_warmup: int = 0,
     ) -> None:
@@ -155,6 +159,10 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         self.optim_config = optim
         self.weights_config = weights
         self.segmenter = self.build_segmenter()
+        unknown = sorted(set(head_weights) - set(self.segmenter.heads)) if head_weights else []
+        if unknown:
+            raise ValueError(f"model.init_args.head_weights names head(s) {unknown}, but "
+                             f"{type(self.segmenter).__name__} has {list(self.segmenter.heads)}")
         self.discriminators = self.build_discriminators()
         self.val_confusion = ConfusionMatrix(num_classes, ignore_index)
         self.test_confusion = ConfusionMatrix(num_classes, ignore_index)
@@ -323,15 +331,25 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         """
         return segmentation_cross_entropy(logits, labels, self.ignore_index)
 
+    @property
+    def loss_head_weights(self) -> dict[str, float]:
+        """Weight of each head's loss: `head_weights`, else main 1 and aux `aux_weight`."""
+        if self.hparams.head_weights is not None:
+            return dict(self.hparams.head_weights)
+        weights = {MAIN: 1.0}
+        if AUX in self.segmenter.heads and self.hparams.aux_weight > 0:
+            weights[AUX] = self.hparams.aux_weight
+        return weights
+
     def supervised_loss(self, outputs: SegmenterOutput,
                         labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """`L(main) + aux_weight * L(aux)` on labelled source pixels (L = `source_pixel_loss`)."""
-        losses = {"seg_main": self.source_pixel_loss(outputs[MAIN], labels)}
-        total = losses["seg_main"]
-        aux_weight = self.hparams.aux_weight
-        if AUX in outputs and aux_weight > 0:
-            losses["seg_aux"] = self.source_pixel_loss(outputs[AUX], labels)
-            total = total + aux_weight * losses["seg_aux"]
+        """`sum_head weight * L(head)` on labelled source pixels (L = `source_pixel_loss`,
+        weights `loss_head_weights`: by default `L(main) + aux_weight * L(aux)`)."""
+        losses, total = {}, 0.0
+        for head, weight in self.loss_head_weights.items():
+            if weight > 0:
+                losses[f"seg_{head}"] = self.source_pixel_loss(outputs[head], labels)
+                total = total + weight * losses[f"seg_{head}"]
         losses["seg"] = total
         return losses
 

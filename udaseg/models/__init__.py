@@ -1,5 +1,6 @@
 """Segmentation networks (the `Segmenter` protocol), the discriminator, and weight loading."""
 
+from udaseg.models.bisenet import BiSeNet
 from udaseg.models.deeplabv2 import ClassifierASPP, DeepLabV2, seg_output_size
 from udaseg.models.discriminator import FCDiscriminator
 from udaseg.models.dual_classifier import DualClassifierDeepLab
@@ -25,6 +26,7 @@ from udaseg.models.weights import (
 
 __all__ = [
     "AUX",
+    "BiSeNet",
     "ClassifierASPP",
     "DeepLabV2",
     "DualClassifierDeepLab",

@@ -1,0 +1,248 @@
+"""TUFL stage 1: its losses against hand-computed values, the device affine, the method."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from tests.helpers import TINY_IMAGES, assert_identical_weights, fit_two_ranks
+from udaseg.batch_augment import RandomAffine, in_frame_mask, iteration_generator, warp
+from udaseg.data import StrongView, SyntheticStreets, UDADataModule
+from udaseg.losses import (
+    adaptive_thresholds,
+    class_balance_weights,
+    class_weighted_cross_entropy,
+    confidence_selection,
+    unsupervised_focal_loss,
+)
+from udaseg.methods import TUFL
+from udaseg.models import DeepLabV2, Segmenter
+
+ALL = torch.ones(1, 1, 1, dtype=torch.bool)
+
+
+def two_class_logits(first: float) -> torch.Tensor:
+    return torch.tensor([first, 0.0]).view(1, 2, 1, 1)
+
+
+# ------------------------------------------------------------------ losses
+@pytest.mark.parametrize("modulation", ["confidence", "difference"])
+def test_focal_loss_matches_the_formula_by_hand(modulation):
+    clean, strong = two_class_logits(2.0), two_class_logits(0.5)
+    p0, q0 = 1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(-0.5))
+    p, q = (p0, 1 - p0), (q0, 1 - q0)
+    m = 1 - q0 if modulation == "confidence" else abs(p0 - q0)
+    weights = (2.0, 3.0)
+    expected = sum(w * (pc * math.log(pc) - m ** 2 * pc * math.log(qc) - pc * math.log(pc))
+                   for w, pc, qc in zip(weights, p, q, strict=True))
+    value = unsupervised_focal_loss(clean, strong, ALL, torch.tensor(weights),
+                                    modulation=modulation)
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_focal_loss_gradients_are_the_official_ones():
+    """Clean view: only the entropy term trains it (p̄ is a stop-gradient); strong view: the
+    cross term, through log q and through m."""
+    clean = torch.randn(2, 4, 3, 3, requires_grad=True)
+    strong = torch.randn(2, 4, 3, 3, requires_grad=True)
+    selected = torch.rand(2, 3, 3) > 0.3
+    unsupervised_focal_loss(clean, strong, selected, modulation="difference").backward()
+    p = clean.softmax(1)
+    entropy = (-(p * torch.log(p + 1e-30)).sum(1))[selected].mean()
+    (expected_clean,) = torch.autograd.grad(entropy, clean)
+    assert torch.allclose(clean.grad, expected_clean, atol=1e-6)
+    p_fixed = p.detach()
+    q = strong.softmax(1)
+    label = p_fixed.argmax(1, keepdim=True)
+    m = (p_fixed.gather(1, label) - q.gather(1, label)).abs()
+    cross = (-(m ** 2) * p_fixed * torch.log(q + 1e-30)).sum(1)[selected].mean()
+    (expected_strong,) = torch.autograd.grad(cross, strong)
+    assert torch.allclose(strong.grad, expected_strong, atol=1e-6)
+
+
+def test_focal_loss_without_selected_pixels_is_zero_not_nan():
+    clean = torch.randn(1, 3, 2, 2, requires_grad=True)
+    value = unsupervised_focal_loss(clean, torch.randn(1, 3, 2, 2),
+                                    torch.zeros(1, 2, 2, dtype=torch.bool))
+    value.backward()
+    assert value.item() == 0.0 and torch.isfinite(clean.grad).all()
+
+
+def test_identical_views_give_the_clamped_minimum_with_the_difference_factor():
+    logits = torch.randn(1, 3, 2, 2)
+    value = unsupervised_focal_loss(logits, logits.clone(), torch.ones(1, 2, 2, dtype=torch.bool),
+                                    modulation="difference")
+    assert value.item() == pytest.approx(1e-8)
+
+
+def test_adaptive_threshold_rank_rule_by_hand():
+    thresholds = torch.tensor([0.95, 0.8, 1.0], dtype=torch.float64)
+    # class 0: 9 pixels + theta = 10 scores; index floor(10 * 0.8 * 0.95^8) = 5
+    scores = torch.tensor([0.99, 0.98, 0.97, 0.96, 0.94, 0.93, 0.92, 0.91, 0.90])
+    confidence = torch.cat([scores, torch.tensor([1.0])])
+    predicted = torch.tensor([0] * 9 + [2])
+    updated = adaptive_thresholds(confidence, predicted, thresholds)
+    ranked = sorted([*scores.tolist(), 0.95], reverse=True)[int(10 * 0.8 * 0.95 ** 8)]
+    assert int(10 * 0.8 * 0.95 ** 8) == 5
+    assert updated[0].item() == pytest.approx(0.9 * 0.95 + 0.1 * ranked)
+    assert updated[1].item() == pytest.approx(0.8), "no pixel predicted: unchanged"
+    assert updated[2].item() == pytest.approx(0.999), ">= 1 becomes the ceiling"
+    assert updated.dtype == torch.float64 and thresholds[0].item() == 0.95
+
+
+def test_confidence_selection_is_strict_per_class_and_in_frame():
+    prob = torch.tensor([[0.75, 0.875], [0.25, 0.125]]).view(1, 2, 1, 2)   # both class 0
+    thresholds = torch.tensor([0.75, 0.0], dtype=torch.float64)
+    assert confidence_selection(prob, thresholds).tolist() == [[[False, True]]]
+    frame = torch.tensor([[[True, False]]])
+    assert not confidence_selection(prob, thresholds, frame).any()
+    assert confidence_selection(prob, torch.tensor(0.5)).all()
+
+
+def test_class_weights_follow_the_enet_rule():
+    weights = class_balance_weights(torch.tensor([60.0, 40.0, 0.0]))
+    assert weights.tolist() == pytest.approx([1 / math.log(1.7), 1 / math.log(1.5),
+                                              1 / math.log(1.1)], rel=1e-6)
+    with pytest.raises(ValueError, match="all zero"):
+        class_balance_weights(torch.zeros(3))
+
+
+def test_weighted_cross_entropy_divides_by_every_pixel_as_officially():
+    logits = torch.zeros(1, 2, 1, 2)
+    labels = torch.tensor([[[1, 255]]])
+    value = class_weighted_cross_entropy(logits, labels, torch.tensor([1.0, 3.0]))
+    assert value.item() == pytest.approx(3.0 * math.log(2) / 2)
+
+
+# ------------------------------------------------------------------ device affine
+def test_affine_identity_flip_and_frame():
+    images = torch.randn(2, 3, 6, 8)
+    generator = torch.Generator().manual_seed(0)
+    identity = RandomAffine(rotation=0, shear=0, scale=(1, 1), flip=0).sample(2, generator)
+    assert torch.allclose(warp(images, identity), images, atol=1e-5)
+    flipped = RandomAffine(rotation=0, shear=0, scale=(1, 1), flip=1).sample(2, generator)
+    assert torch.allclose(warp(images, flipped), images.flip(-1), atol=1e-5)
+    zoom_in = RandomAffine(rotation=0, shear=0, scale=(0.8, 0.8), flip=0).sample(1, generator)
+    zoom_out = RandomAffine(rotation=0, shear=0, scale=(1.2, 1.2), flip=0).sample(1, generator)
+    assert in_frame_mask(zoom_in, (6, 8)).all()
+    assert not in_frame_mask(zoom_out, (6, 8))[0, 0, 0]
+    draws = [RandomAffine().sample(3, iteration_generator(7, 5, 1)) for _ in range(2)]
+    assert torch.equal(*draws)
+    assert not torch.equal(draws[0], RandomAffine().sample(3, iteration_generator(7, 6, 1)))
+
+
+# ------------------------------------------------------------------ the method
+class PixelSegmenter(Segmenter):
+    """A 1x1 convolution: it commutes with any warp inside the frame."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes, self.heads = num_classes, ("main",)
+        self.classifier = nn.Conv2d(3, num_classes, 1)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"main": self.classifier(images)}
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        return list(self.classifier.parameters())
+
+
+def data(strong_view: StrongView | None = StrongView()) -> UDADataModule:
+    return UDADataModule(source=SyntheticStreets("synthetic", "train", 6, **TINY_IMAGES),
+                         target=SyntheticStreets("real", "train", 6, **TINY_IMAGES),
+                         val=SyntheticStreets("real", "val", 2, **TINY_IMAGES), batch_size=2,
+                         target_strong_view=strong_view)
+
+
+def tufl(**kwargs) -> TUFL:
+    module = data()
+    kwargs.setdefault("segmenter", functools.partial(DeepLabV2, depth=18, width=8))
+    return TUFL(num_classes=module.num_classes, class_names=list(module.class_names),
+                bn_stats="batch", **kwargs)
+
+
+def fit_tufl(method: TUFL, steps: int, module: UDADataModule | None = None) -> pl.Trainer:
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, accelerator="cpu")
+    trainer.fit(method, module or data())
+    return trainer
+
+
+def test_clean_logits_are_warped_into_the_strong_frame():
+    """With no photometric change and a warp-equivariant network, the warped clean logits
+    equal the strong logits in the frame: the two views see one geometry."""
+    off = StrongView(brightness=None, contrast=None, saturation=None, sharpness=None,
+                     shadow_intensity=None, noise_sd=None, blur_radius=None, equalize_p=0.0)
+    batch, _, _ = next(iter(data(off).train_dataloader()))
+    method = tufl(segmenter=PixelSegmenter, class_weights="none")
+    clean, strong, in_frame = method.target_predictions(batch["target"])
+    assert in_frame.float().mean() > 0.3
+    frame = in_frame.unsqueeze(1).expand_as(clean["main"])
+    assert torch.allclose(clean["main"][frame], strong["main"][frame], atol=1e-4)
+    assert not torch.allclose(clean["main"], method.segmenter(batch["target"]["image"])["main"])
+
+
+def test_tufl_trains_moves_thresholds_and_checkpoints_them(tmp_path):
+    method = tufl(initial_threshold=0.05)
+    fit_tufl(method, steps=2)
+    module = data()
+    counts = torch.from_numpy(module.source_pixel_counts().sum(0))
+    assert torch.allclose(method.class_weights, class_balance_weights(counts))
+    assert not torch.equal(method.thresholds, torch.full_like(method.thresholds, 0.05))
+    path = tmp_path / "tufl.ckpt"
+    torch.save({"state_dict": method.state_dict()}, path)
+    restored = tufl(initial_threshold=0.05)
+    restored.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    assert torch.equal(restored.thresholds, method.thresholds)
+    assert torch.equal(restored.class_weights, method.class_weights)
+
+
+def test_fixed_threshold_keeps_thresholds_and_missing_strong_view_is_explained():
+    method = tufl(threshold="fixed", modulation="difference", class_weights=[1.0] * 9)
+    fit_tufl(method, steps=1)
+    assert torch.equal(method.thresholds, torch.full_like(method.thresholds, 0.8))
+    assert method.class_weights.tolist() == [1.0] * 9
+    with pytest.raises(ValueError, match="target_strong_view"):
+        fit_tufl(tufl(), steps=1, module=data(strong_view=None))
+    with pytest.raises(ValueError, match="class_weights has 2 entries"):
+        tufl(class_weights=[1.0, 2.0])
+
+
+def test_tufl_bf16_mixed_stays_finite():
+    method = tufl()
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, accelerator="cpu", precision="bf16-mixed")
+    trainer.fit(method, data())
+    assert all(torch.isfinite(tensor).all() for tensor in method.state_dict().values()
+               if tensor.is_floating_point())
+
+
+def test_tufl_ddp_two_ranks_share_weights_and_thresholds(tmp_path):
+    ranks = fit_two_ranks(tmp_path, "udaseg.methods.TUFL", "--data.target_strong_view", "{}",
+                          "--model.init_args.initial_threshold", "0.05",
+                          "--model.init_args.bn_stats", "batch", adversarial=False)
+    assert "thresholds" in ranks[0]["state_dict"]
+    assert not torch.equal(ranks[0]["state_dict"]["thresholds"],
+                           torch.full_like(ranks[0]["state_dict"]["thresholds"], 0.05))
+    assert_identical_weights(ranks)
+
+
+def test_head_weights_replace_the_aux_weight_and_name_unknown_heads():
+    method = tufl(class_weights="none", head_weights={"main": 0.5, "aux": 0.25})
+    batch, _, _ = next(iter(data().train_dataloader()))
+    outputs = method.segmenter(batch["source"]["image"])
+    losses = method.supervised_loss(outputs, batch["source"]["label"])
+    assert losses["seg"].item() == pytest.approx(0.5 * losses["seg_main"].item()
+                                                 + 0.25 * losses["seg_aux"].item())
+    with pytest.raises(ValueError, match=r"head_weights names head\(s\) \['context16'\]"):
+        tufl(head_weights={"main": 1.0, "context16": 1.0})

@@ -1,0 +1,50 @@
+"""Loss functions, all pure: tensors in, scalar (or map) out, no module state.
+
+Shapes: logits `z` are (N, C, H, W), `p = softmax(z, dim=1)`, labels (N, H, W) with ignore 255.
+Each docstring gives the formula and the paper it comes from; one module per paper.
+"""
+
+from udaseg.losses.advent import bce_with_constant, entropy_loss, entropy_map
+from udaseg.losses.clan import (
+    focal_loss,
+    local_alignment_map,
+    weight_discrepancy_loss,
+    weighted_bce_with_constant,
+)
+from udaseg.losses.common import segmentation_cross_entropy, upsample_logits
+from udaseg.losses.conservative import (
+    conservative_loss,
+    conservative_loss_published,
+    conservative_weight,
+)
+from udaseg.losses.consistency import (
+    adaptive_thresholds,
+    class_balance_weights,
+    class_weighted_cross_entropy,
+    confidence_selection,
+    unsupervised_focal_loss,
+)
+from udaseg.losses.maxsquare import iw_maxsquare_loss, maxsquare_loss, self_produced_guidance
+
+__all__ = [
+    "adaptive_thresholds",
+    "bce_with_constant",
+    "class_balance_weights",
+    "class_weighted_cross_entropy",
+    "confidence_selection",
+    "conservative_loss",
+    "conservative_loss_published",
+    "conservative_weight",
+    "entropy_loss",
+    "entropy_map",
+    "focal_loss",
+    "iw_maxsquare_loss",
+    "local_alignment_map",
+    "maxsquare_loss",
+    "segmentation_cross_entropy",
+    "self_produced_guidance",
+    "unsupervised_focal_loss",
+    "upsample_logits",
+    "weight_discrepancy_loss",
+    "weighted_bce_with_constant",
+]

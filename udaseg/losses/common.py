@@ -1,0 +1,31 @@
+"""Losses shared by every method: logit upsampling and the source cross-entropy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of (N, C, h, w) logits to `size` = (H, W), `align_corners=True`.
+
+    The official DeepLabV2 UDA code (AdaptSegNet, ADVENT, CLAN) upsamples with
+    align_corners=True before every loss and at evaluation; we keep it so numbers match.
+    """
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+
+
+def segmentation_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                               ignore_index: int = 255) -> torch.Tensor:
+    """Pixel-wise cross-entropy, mean over labelled pixels.
+
+    `CE = -1/|V| * sum_{i in V} log p_{i, y_i}`, V = pixels whose label is not `ignore_index`.
+    Logits (N, C, h, w) are first upsampled to the label size (H, W), as in the official code.
+    Returns 0 (with a graph) when no pixel is labelled, instead of NaN.
+    """
+    logits = upsample_logits(logits, tuple(labels.shape[-2:]))
+    if not (labels != ignore_index).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels.long(), ignore_index=ignore_index)

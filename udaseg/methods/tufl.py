@@ -1,0 +1,203 @@
+"""TUFL stage 1 (Yan et al., "Threshold-Adaptive Unsupervised Focal Loss for Domain Adaptation of
+Semantic Segmentation", IEEE T-ITS 2023; official code ywher/TUFL, BiSeNet Cityscapes->Cross-City).
+
+Every iteration: the (class-weighted) source loss; then the clean target view and a strong view
+(photometric augmentation from the data module's `target_strong_view`, then a random affine
+applied here, on the device) go through the segmenter; the clean logits are warped by the same
+affine, so both predictions lie in one frame, and the unsupervised focal loss trains the pixels
+whose clean confidence beats their class's threshold.
+
+Official-code choices (README "Official quirks"):
+- Thresholds: the official ones are per GPU and never synchronised, and the shared loss object
+  moves them once per BiSeNet head (3 times an iteration). Here they are a checkpointed buffer
+  updated from the statistics of every rank (identical everywhere), once per iteration from the
+  main head; `threshold_updates: per_head` reproduces the per-head updates.
+- Pixels warped in from outside the frame become uniform (1/C confident) officially and still
+  enter the threshold statistics (as class 0); here they never count.
+- Class weights: hard-coded for Cityscapes officially; computed from source label frequencies
+  (`class_balance_weights`) or given as a list here; they weight the supervised loss too, with
+  the official normalisation (`class_weighted_cross_entropy`).
+- The official optimiser gives every group 10x the base rate and BN is frozen (`net.eval()`):
+  set in the Cross-City configs (`classifier_lr_mult: 1`, `bn_stats: frozen`, the default here).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from udaseg.batch_augment import RandomAffine, in_frame_mask, iteration_generator, warp
+from udaseg.losses import (
+    adaptive_thresholds,
+    class_balance_weights,
+    class_weighted_cross_entropy,
+    confidence_selection,
+    unsupervised_focal_loss,
+    upsample_logits,
+)
+from udaseg.losses.consistency import FocalModulation
+from udaseg.methods.base import UDAMethod
+from udaseg.models import MAIN
+
+torch.serialization.add_safe_globals([RandomAffine])
+
+ClassWeighting = Union[Literal["source_frequency", "none"], list[float]]
+
+
+class TUFL(UDAMethod):
+    """`L = L_sup + adaptation_weight * lambda_ufl * sum_head w_head * L_UFL(head)`.
+
+    Head weights `w_head` are the supervised ones (`loss_head_weights`); every head's clean
+    logits are upsampled to the input size and warped, its strong logits upsampled.
+
+    Args:
+        lambda_ufl: weight of the unsupervised focal loss (official 0.08).
+        threshold: "adaptive" (class-wise IAST thresholds, the paper's TUFL) or "fixed"
+            (`initial_threshold` for every class, the plain UFL run).
+        modulation: the focal factor, "confidence" `1 - q_ŷ` (official with adaptive
+            thresholds) or "difference" `|p̄_ŷ - q_ŷ|` (official with a fixed one).
+        focal_gamma: focusing exponent (official runs: 2).
+        initial_threshold: theta_0, and the fixed threshold (0.8).
+        threshold_rank, threshold_exponent, threshold_momentum: IAST's b 0.8, d 8, a 0.9.
+        threshold_updates: "per_iteration" (main head, once) or "per_head" (official).
+        class_weights: "source_frequency" (ENet rule on the source labels, one pass over them
+            when training starts), "none", or one weight per class.
+        class_weight_offset: the ENet rule's offset (1.10 matches the official range).
+        weighted_source_loss: the class weights also weight the source loss (official).
+        strong_affine: the strong view's random affine (official ranges).
+        bn_stats: "frozen" as officially (`net.eval()`); "batch" for networks trained from
+            scratch (the built-in benchmark).
+        **kwargs: `UDAMethod` arguments.
+    """
+
+    progress_losses = ("seg", "ufl")
+
+    def __init__(self, lambda_ufl: float = 0.08,
+                 threshold: Literal["adaptive", "fixed"] = "adaptive",
+                 modulation: FocalModulation = "confidence", focal_gamma: float = 2.0,
+                 initial_threshold: float = 0.8, threshold_rank: float = 0.8,
+                 threshold_exponent: float = 8.0, threshold_momentum: float = 0.9,
+                 threshold_updates: Literal["per_iteration", "per_head"] = "per_iteration",
+                 class_weights: ClassWeighting = "source_frequency",
+                 class_weight_offset: float = 1.10, weighted_source_loss: bool = True,
+                 strong_affine: RandomAffine = RandomAffine(),
+                 bn_stats: Literal["batch", "frozen"] = "frozen", **kwargs) -> None:
+        super().__init__(bn_stats=bn_stats, **kwargs)
+        self.strong_affine = (RandomAffine(**strong_affine) if isinstance(strong_affine, dict)
+                              else strong_affine)
+        # float64 as officially: the update mixes in (1 - a) * psi every iteration.
+        self.register_buffer("thresholds", torch.full((self.num_classes,), initial_threshold,
+                                                      dtype=torch.float64))
+        given = isinstance(class_weights, (list, tuple))
+        if given and len(class_weights) != self.num_classes:
+            raise ValueError(f"model.init_args.class_weights has {len(class_weights)} entries, "
+                             f"num_classes is {self.num_classes}")
+        # All zeros = not computed yet (filled from the source labels when training starts,
+        # then restored from checkpoints like the thresholds).
+        initial = torch.tensor(class_weights, dtype=torch.float32) if given else \
+            torch.zeros(self.num_classes)
+        self.register_buffer("class_weights", initial)
+        self.augmentation_seed = 0
+
+    # ----------------------------------------------------------------- set-up
+    @property
+    def loss_class_weights(self) -> Optional[torch.Tensor]:
+        return None if self.hparams.class_weights == "none" else self.class_weights
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        # seed_everything's seed: the affine draws of iteration k are the same in every run
+        # with that seed, resumed or not.
+        self.augmentation_seed = torch.initial_seed()
+        if self.hparams.class_weights == "source_frequency" and not self.class_weights.any():
+            counts = np.asarray(self.trainer.datamodule.source_pixel_counts()).sum(axis=0)
+            weights = class_balance_weights(torch.from_numpy(counts),
+                                            self.hparams.class_weight_offset)
+            self.class_weights.copy_(weights)
+
+    def source_pixel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weights = self.loss_class_weights
+        if not self.hparams.weighted_source_loss or weights is None:
+            return super().source_pixel_loss(logits, labels)
+        return class_weighted_cross_entropy(logits, labels, weights, self.ignore_index)
+
+    # ----------------------------------------------------------------- thresholds
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` of every rank, concatenated along dim 0 (itself on one process)."""
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return tensor
+        return self.all_gather(tensor).flatten(0, 1)
+
+    @torch.no_grad()
+    def update_thresholds(self, clean_prob: torch.Tensor, in_frame: torch.Tensor) -> None:
+        """IAST step from the in-frame clean predictions of all ranks (same result on each)."""
+        confidence, predicted = clean_prob.max(dim=1)
+        # uint8: gloo cannot gather bool tensors.
+        confidence, predicted, in_frame = (self.gather(value) for value in
+                                           (confidence, predicted, in_frame.to(torch.uint8)))
+        in_frame = in_frame.bool()
+        self.thresholds.copy_(adaptive_thresholds(
+            confidence[in_frame], predicted[in_frame], self.thresholds,
+            b=self.hparams.threshold_rank, d=self.hparams.threshold_exponent,
+            a=self.hparams.threshold_momentum))
+
+    def selection_thresholds(self) -> torch.Tensor:
+        if self.hparams.threshold == "fixed":
+            return torch.tensor(self.hparams.initial_threshold, dtype=torch.float64)
+        return self.thresholds
+
+    # ----------------------------------------------------------------- iteration
+    def strong_view(self, target: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The warped strong images and the affine matrices of this iteration."""
+        strong = target.get("strong_image")
+        if strong is None:
+            raise ValueError("TUFL trains on two views of each target image, but the target "
+                             "batches have no 'strong_image': set data.target_strong_view "
+                             "(e.g. `target_strong_view: {}`, the official settings)")
+        generator = iteration_generator(self.augmentation_seed, self.global_step,
+                                        self.global_rank)
+        theta = self.strong_affine.sample(strong.shape[0], generator)
+        return warp(strong, theta), theta
+
+    def target_predictions(self, target: dict) -> tuple[dict[str, torch.Tensor],
+                                                        dict[str, torch.Tensor], torch.Tensor]:
+        """Both views through the segmenter, in the strong view's frame at the input size:
+        (clean logits warped per head, strong logits per head, (N, H, W) in-frame mask)."""
+        strong_images, theta = self.strong_view(target)
+        size = tuple(strong_images.shape[-2:])
+        clean_outputs = self.segmenter(target["image"])
+        strong_outputs = self.segmenter(strong_images)
+        heads = self.loss_head_weights
+        clean = {head: warp(upsample_logits(clean_outputs[head], size), theta) for head in heads}
+        strong = {head: upsample_logits(strong_outputs[head], size) for head in heads}
+        return clean, strong, in_frame_mask(theta, size, strong_images.device)
+
+    def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
+        _, losses = self.supervised_step(source)
+        clean_logits, strong_logits, in_frame = self.target_predictions(target)
+        adaptive = self.hparams.threshold == "adaptive"
+        per_head = self.hparams.threshold_updates == "per_head"
+        if adaptive and not per_head:
+            self.update_thresholds(F.softmax(clean_logits[MAIN].detach().float(), dim=1),
+                                   in_frame)
+        total = 0.0
+        for head, weight in self.loss_head_weights.items():
+            clean_prob = F.softmax(clean_logits[head].detach().float(), dim=1)
+            if adaptive and per_head:
+                self.update_thresholds(clean_prob, in_frame)
+            selected = confidence_selection(clean_prob, self.selection_thresholds(), in_frame)
+            losses[f"ufl_{head}"] = unsupervised_focal_loss(
+                clean_logits[head], strong_logits[head], selected,
+                self.loss_class_weights, self.hparams.focal_gamma, self.hparams.modulation)
+            if head == MAIN:
+                losses["selected"] = selected.float().mean()
+            total = total + weight * losses[f"ufl_{head}"]
+        losses["ufl"] = total
+        self.manual_backward(self.adaptation_weight * self.hparams.lambda_ufl * total)
+        if adaptive:
+            for name, value in zip(self.class_names, self.thresholds, strict=True):
+                losses[f"threshold/{name}"] = value
+        return losses
