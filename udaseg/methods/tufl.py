@@ -180,12 +180,13 @@ class TUFL(UDAMethod):
         clean_logits, strong_logits, in_frame = self.target_predictions(target)
         adaptive = self.hparams.threshold == "adaptive"
         per_head = self.hparams.threshold_updates == "per_head"
+        clean_probs = {head: F.softmax(logits.detach().float(), dim=1)
+                       for head, logits in clean_logits.items()}
         if adaptive and not per_head:
-            self.update_thresholds(F.softmax(clean_logits[MAIN].detach().float(), dim=1),
-                                   in_frame)
+            self.update_thresholds(clean_probs[MAIN], in_frame)
         total = 0.0
         for head, weight in self.loss_head_weights.items():
-            clean_prob = F.softmax(clean_logits[head].detach().float(), dim=1)
+            clean_prob = clean_probs[head]
             if adaptive and per_head:
                 self.update_thresholds(clean_prob, in_frame)
             selected = confidence_selection(clean_prob, self.selection_thresholds(), in_frame)
