@@ -5,6 +5,9 @@ on the last checkpoint, then mean ± std with `udaseg.compare`.
     python benchmarks/synthetic_table.py --methods source_only oracle minent advent \
         --seeds 0 1 2 --jobs 2 --out runs/synthetic_table
 
+Two-stage methods start from the first stage's run of the same seed: `--methods tufl cim
+--init-from cim=tufl`.
+
 With --jobs 2 each run gets one thread (2 cores: for the v1 network two single-threaded runs
 beat one two-threaded run). For v2's EfficientNet-Lite0 use --jobs 1: measured, two
 single-threaded runs side by side took 2 s per iteration each, one two-threaded run 0.6 s.
@@ -80,16 +83,31 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/synthetic_table"))
     parser.add_argument("--test-only", action="store_true",
                         help="only re-run `udaseg test` on existing checkpoints")
+    parser.add_argument("--init-from", nargs="*", default=[], metavar="METHOD=STAGE1",
+                        help="start METHOD from the same seed's last checkpoint of STAGE1 "
+                             "(e.g. cim=tufl: CIM from each seed's TUFL run); those runs go "
+                             "after every other one")
     args = parser.parse_args()
     configs = CONFIG_ROOT / args.benchmark
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
-    work = [(method, seed) for seed in args.seeds for method in args.methods]
+    stage_one = dict(pair.split("=", 1) for pair in args.init_from)
+
+    def extra(method: str, seed: int) -> list[str]:
+        if method not in stage_one:
+            return []
+        checkpoint = last_checkpoint(stage_one[method], seed, args.out)
+        return ["--model.init_args.weights.init_checkpoint", str(checkpoint)]
+
+    phases = [[(method, seed) for seed in args.seeds for method in args.methods
+               if (method in stage_one) == later] for later in (False, True)]
     with ThreadPoolExecutor(args.jobs) as pool:
-        if args.test_only:
-            list(pool.map(lambda item: test(*item, args.out, threads, configs=configs), work))
-        else:
-            for line in pool.map(lambda item: run(*item, args.out, threads, configs=configs),
-                                 work):
+        for work in phases:
+            if args.test_only:
+                list(pool.map(lambda item: test(*item, args.out, threads,
+                                                extra=extra(*item), configs=configs), work))
+                continue
+            for line in pool.map(lambda item: run(*item, args.out, threads,
+                                                  extra=extra(*item), configs=configs), work):
                 print(line, flush=True)
     from udaseg.compare import main as compare
     compare([str(args.out / "test"), "--stage", "test", "--per-class", "--markdown"])

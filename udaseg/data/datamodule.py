@@ -97,6 +97,7 @@ class UDADataModule(pl.LightningDataModule):
         self.rare_class_sampling = rare_class_sampling
         self.target_strong_view = target_strong_view
         self._source_pixel_counts: Optional[np.ndarray] = None
+        self._donor_dataset: Optional[TransformedDataset] = None
 
     # Linked into the method's constructor by the CLI, so they are written once, here.
     @property
@@ -161,6 +162,32 @@ class UDADataModule(pl.LightningDataModule):
             self._source_pixel_counts = class_pixel_counts(self.source, self.num_classes,
                                                            progress=rank == 0)
         return self._source_pixel_counts
+
+    def class_holders(self, class_id: int) -> np.ndarray:
+        """Indices of the source images with at least one labelled pixel of `class_id` (the
+        per-class index of CIM's long-tail pasting; built once, with `source_pixel_counts`)."""
+        return np.flatnonzero(self.source_pixel_counts()[:, class_id] > 0)
+
+    def paste_donor(self, class_id: int, generator: torch.Generator,
+                    max_tries: int = 10) -> Optional[dict]:
+        """A source training crop (source augmentation, "image" and "label") that contains
+        `class_id`, for long-tail pasting: a random image of the class, cropped anew until the
+        crop holds the class, at most `max_tries` times (the official code tries up to 1000
+        times; DAFormer's rare-class crops 10). None when no source image has the class or no
+        crop caught it. All draws come from `generator`, so a seeded run pastes the same."""
+        holders = self.class_holders(class_id)
+        if holders.size == 0:
+            return None
+        if self._donor_dataset is None:
+            self._donor_dataset = TransformedDataset(self.source, self.source_augmentation,
+                                                     self.normalization, keep_label=True)
+        for _ in range(max_tries):
+            index = int(holders[int(torch.randint(holders.size, (), generator=generator))])
+            self._donor_dataset.reseed(int(torch.randint(2**31 - 1, (), generator=generator)))
+            item = self._donor_dataset[index]
+            if bool((item["label"] == class_id).any()):
+                return item
+        return None
 
     def train_dataloader(self) -> CombinedLoader:
         loaders = {"source": self.stream_loader("source", self.source, self.source_augmentation,

@@ -106,6 +106,36 @@ def denormalize(images: torch.Tensor, normalization: Normalization) -> np.ndarra
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
+def _channel_statistics(normalization: Normalization) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) per input channel: input = (pixels - mean) / scale, pixels 0-255."""
+    if normalization == "imagenet":
+        return IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+    if normalization == "signed":
+        return np.full(3, SIGNED_CENTER, np.float32), np.full(3, SIGNED_SCALE, np.float32)
+    if normalization == "caffe_bgr":
+        return CAFFE_MEAN_BGR, np.ones(3, np.float32)
+    raise ValueError("normalization must be 'imagenet', 'caffe_bgr' or 'signed', got "
+                     f"{normalization!r}")
+
+
+def input_to_unit_rgb(images: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """(N, 3, H, W) network input -> RGB in [0, 1] on the same device (differentiable), for
+    augmentations applied to batches on the device (DACS/CIM mixed images)."""
+    mean, scale = (torch.as_tensor(value, device=images.device).view(1, 3, 1, 1)
+                   for value in _channel_statistics(normalization))
+    pixels = (images.float() * scale + mean) / 255.0
+    return pixels.flip(1) if normalization == "caffe_bgr" else pixels
+
+
+def unit_rgb_to_input(pixels: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """Inverse of `input_to_unit_rgb`."""
+    mean, scale = (torch.as_tensor(value, device=pixels.device).view(1, 3, 1, 1)
+                   for value in _channel_statistics(normalization))
+    if normalization == "caffe_bgr":
+        pixels = pixels.flip(1)
+    return (pixels * 255.0 - mean) / scale
+
+
 class TransformedDataset(torch.utils.data.Dataset):
     """Applies one stream's augmentation and normalisation to a `SegmentationDataset`.
 

@@ -25,12 +25,18 @@ from udaseg.losses.consistency import (
     unsupervised_focal_loss,
 )
 from udaseg.losses.maxsquare import iw_maxsquare_loss, maxsquare_loss, self_produced_guidance
+from udaseg.losses.mixing import (
+    confidence_fraction,
+    mixed_pixel_weights,
+    pixel_weighted_cross_entropy,
+)
 
 __all__ = [
     "adaptive_thresholds",
     "bce_with_constant",
     "class_balance_weights",
     "class_weighted_cross_entropy",
+    "confidence_fraction",
     "confidence_selection",
     "conservative_loss",
     "conservative_loss_published",
@@ -41,6 +47,8 @@ __all__ = [
     "iw_maxsquare_loss",
     "local_alignment_map",
     "maxsquare_loss",
+    "mixed_pixel_weights",
+    "pixel_weighted_cross_entropy",
     "segmentation_cross_entropy",
     "self_produced_guidance",
     "unsupervised_focal_loss",

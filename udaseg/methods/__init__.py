@@ -7,9 +7,10 @@ from udaseg.methods.clan import CLAN
 from udaseg.methods.conservative import ConservativeLoss
 from udaseg.methods.ensemble import Ensemble
 from udaseg.methods.maxsquare import MaxSquare
+from udaseg.methods.mixing import CrossDomainMixing
 from udaseg.methods.source_only import SourceOnly
 from udaseg.methods.tufl import TUFL
 
-__all__ = ["AdvEnt", "AdversarialMethod", "CLAN", "ConservativeLoss", "Ensemble", "MaxSquare",
-           "MinEnt", "OptimConfig", "OutputSpaceAdversarial", "SourceOnly", "TUFL", "UDAMethod",
-           "poly_lr"]
+__all__ = ["AdvEnt", "AdversarialMethod", "CLAN", "ConservativeLoss", "CrossDomainMixing",
+           "Ensemble", "MaxSquare", "MinEnt", "OptimConfig", "OutputSpaceAdversarial",
+           "SourceOnly", "TUFL", "UDAMethod", "poly_lr"]

@@ -408,9 +408,15 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         """
         if self._trainer is None or self.trainer.world_size <= 1:
             return
-        for buffer in self.segmenter.buffers():
+        for buffer in (buffer for module in self.bn_statistics_modules()
+                       for buffer in module.buffers()):
             if buffer.is_floating_point():
                 buffer.copy_(self.trainer.strategy.reduce(buffer.clone(), reduce_op="mean"))
+
+    def bn_statistics_modules(self) -> list[nn.Module]:
+        """Networks whose BN statistics `average_bn_statistics` makes identical across ranks
+        (the segmenter; methods with a teacher add it)."""
+        return [self.segmenter]
 
     def on_validation_epoch_start(self) -> None:
         self.average_bn_statistics()

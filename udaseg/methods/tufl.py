@@ -177,6 +177,13 @@ class TUFL(UDAMethod):
 
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
         _, losses = self.supervised_step(source)
+        focal = self.focal_loss(target, losses)
+        self.manual_backward(self.adaptation_weight * self.hparams.lambda_ufl * focal)
+        return losses
+
+    def focal_loss(self, target: dict, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`sum_head w_head * L_UFL(head)` of this target batch (thresholds updated first);
+        its terms, the selected share and the thresholds are added to `losses` for logging."""
         clean_logits, strong_logits, in_frame = self.target_predictions(target)
         adaptive = self.hparams.threshold == "adaptive"
         per_head = self.hparams.threshold_updates == "per_head"
@@ -197,8 +204,7 @@ class TUFL(UDAMethod):
                 losses["selected"] = selected.float().mean()
             total = total + weight * losses[f"ufl_{head}"]
         losses["ufl"] = total
-        self.manual_backward(self.adaptation_weight * self.hparams.lambda_ufl * total)
         if adaptive:
             for name, value in zip(self.class_names, self.thresholds, strict=True):
                 losses[f"threshold/{name}"] = value
-        return losses
+        return total
