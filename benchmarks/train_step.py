@@ -4,6 +4,12 @@ and device. Prints numbers; it is not a test.
     python benchmarks/train_step.py --method AdvEnt --depth 101 --source 256 512 --device cpu
     python benchmarks/train_step.py --method AdvEnt --source 720 1280 --target 512 1024 \
         --device cuda --precision bf16-mixed
+    python benchmarks/train_step.py --method CrossDomainMixing \
+        --init-args '{"teacher": "ema", "lambda_ufl": 0, "long_tail_p": 0}'     # DACS
+
+Target batches carry a strong view too (TUFL). Methods that read the source set when training
+starts get it through `--init-args` instead: TUFL's class weights default to 1 per class here,
+and CIM's long-tail pasting (which reads source crops from disk) is not timed.
 
 An iteration is the method's full `adaptation_step` plus the optimizer steps, timed through
 Lightning (manual optimisation, AMP) on random tensors; the median after warm-up is reported.
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import resource
 import statistics
 import time
@@ -47,7 +54,8 @@ def random_batches(args: argparse.Namespace, num_classes: int):
         yield {"source": {"image": torch.randn(args.batch_size, 3, *source_shape),
                           "label": torch.randint(0, num_classes,
                                                  (args.batch_size, *source_shape))},
-               "target": {"image": torch.randn(args.batch_size, 3, *target_shape)}}
+               "target": {"image": torch.randn(args.batch_size, 3, *target_shape),
+                          "strong_image": torch.randn(args.batch_size, 3, *target_shape)}}
 
 
 def main() -> None:
@@ -67,6 +75,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--init-args", type=json.loads, default={},
+                        help="JSON of further method arguments, e.g. CrossDomainMixing's "
+                             '\'{"teacher": "ema"}\'')
     args = parser.parse_args()
 
     method_class = getattr(methods, args.method)
@@ -75,7 +86,10 @@ def main() -> None:
     segmenter_class = (resolve_class(args.segmenter, "--segmenter") if args.segmenter
                        else method_class.default_segmenter())
     segmenter = functools.partial(segmenter_class, depth=args.depth, width=args.width)
-    method = method_class(num_classes=args.num_classes, segmenter=segmenter, **extra)
+    if issubclass(method_class, methods.TUFL):   # no source set here to count classes on
+        extra["class_weights"] = [1.0] * args.num_classes
+    method = method_class(num_classes=args.num_classes, segmenter=segmenter,
+                          **{**extra, **args.init_args})
     timer = Timer(args.device)
     trainer = pl.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
                          precision=args.precision, max_steps=args.warmup + args.iterations,

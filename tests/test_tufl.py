@@ -246,3 +246,9 @@ def test_head_weights_replace_the_aux_weight_and_name_unknown_heads():
                                                  + 0.25 * losses["seg_aux"].item())
     with pytest.raises(ValueError, match=r"head_weights names head\(s\) \['context16'\]"):
         tufl(head_weights={"main": 1.0, "context16": 1.0})
+
+
+def test_thresholds_follow_the_main_head_even_when_its_loss_weight_is_absent():
+    method = tufl(class_weights="none", head_weights={"aux": 1.0}, initial_threshold=0.05)
+    fit_tufl(method, steps=1)
+    assert not torch.equal(method.thresholds, torch.full_like(method.thresholds, 0.05))

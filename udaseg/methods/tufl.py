@@ -170,7 +170,8 @@ class TUFL(UDAMethod):
         size = tuple(strong_images.shape[-2:])
         clean_outputs = self.segmenter(target["image"])
         strong_outputs = self.segmenter(strong_images)
-        heads = self.loss_head_weights
+        # The main head always: the once-per-iteration threshold update reads it.
+        heads = dict.fromkeys([MAIN, *self.loss_head_weights])
         clean = {head: warp(upsample_logits(clean_outputs[head], size), theta) for head in heads}
         strong = {head: upsample_logits(strong_outputs[head], size) for head in heads}
         return clean, strong, in_frame_mask(theta, size, strong_images.device)
