@@ -19,7 +19,6 @@ from __future__ import annotations
 import abc
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional
 
 import pytorch_lightning as pl
@@ -29,7 +28,9 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from udaseg.losses import segmentation_cross_entropy, upsample_logits
-from udaseg.metrics import ConfusionMatrix, summarize
+from udaseg.methods.evaluation import SegmentationEvaluation
+from udaseg.methods.optim import POLY_HORIZON_KEY, OptimConfig, poly_lr
+from udaseg.metrics import ConfusionMatrix
 from udaseg.models import (
     AUX,
     MAIN,
@@ -43,40 +44,6 @@ from udaseg.models import (
 )
 
 
-@dataclass(frozen=True)
-class OptimConfig:
-    """Optimisers and the poly schedule (defaults: the DeepLabV2 UDA papers).
-
-    Args:
-        lr: SGD learning rate of the backbone; classifiers get `classifier_lr_mult` times it.
-        max_iters: horizon of the poly schedule; defaults to `trainer.max_steps`. ADVENT decays
-            over 250k iterations but stops at 120k: set 250000 here and max_steps 120000.
-            Resuming (`--ckpt_path`) with another `max_steps` and no `max_iters` continues on
-            the new horizon, so the learning rate jumps; the run warns and says what to set.
-        warmup_iters: linear warm-up `lr * iteration / warmup_iters` before the poly schedule
-            takes over (CLAN warms up over its pre-heat); 0 = poly from the first iteration.
-        discriminator_lr, discriminator_betas: Adam for each discriminator, same schedule.
-    """
-
-    lr: float = 2.5e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    classifier_lr_mult: float = 10.0
-    poly_power: float = 0.9
-    max_iters: Optional[int] = None
-    warmup_iters: int = 0
-    discriminator_lr: float = 1e-4
-    discriminator_betas: tuple[float, float] = (0.9, 0.99)
-
-
-#: Checkpoint entry holding the poly horizon the run was trained with (compared on resume).
-POLY_HORIZON_KEY = "udaseg_poly_horizon"
-
-# Checkpoints of runs built in Python pickle these configs in `hyper_parameters`; allowing them
-# lets `weights.init_checkpoint` read such a checkpoint with `torch.load(weights_only=True)`.
-torch.serialization.add_safe_globals([OptimConfig, SegmenterWeights])
-
-
 def level_probabilities(outputs: SegmenterOutput,
                         size: tuple[int, int]) -> dict[str, torch.Tensor]:
     """Softmax of the "main" and (if present) "aux" logits, upsampled to `size` first
@@ -85,20 +52,11 @@ def level_probabilities(outputs: SegmenterOutput,
             for level in (MAIN, AUX) if level in outputs}
 
 
-def poly_lr(base_lr: float, iteration: int, max_iters: int, power: float = 0.9,
-            warmup_iters: int = 0) -> float:
-    """`base_lr * (1 - iteration / max_iters) ** power`, clamped at 0 past the horizon.
-
-    With `warmup_iters > 0`, iterations before it use `base_lr * iteration / warmup_iters`
-    instead (CLAN's official `lr_warmup`), and poly takes over from there.
-    """
-    if iteration < warmup_iters:
-        return base_lr * max(iteration, 0) / warmup_iters
-    progress = min(max(iteration, 0) / max_iters, 1.0)
-    return base_lr * (1.0 - progress) ** power
+#: `nonfinite_loss: skip` gives up after this many skipped iterations in a row.
+MAX_CONSECUTIVE_SKIPS = 20
 
 
-class UDAMethod(pl.LightningModule, abc.ABC):
+class UDAMethod(SegmentationEvaluation, pl.LightningModule, abc.ABC):
     """Base LightningModule of all methods (manual optimisation).
 
     Args:
@@ -121,6 +79,11 @@ class UDAMethod(pl.LightningModule, abc.ABC):
             ramps linearly from 0 to 1. The papers start from ImageNet (or source-trained)
             weights, so 0 reproduces them; a network trained from scratch needs a warm-up,
             or the target losses reinforce its first, arbitrary predictions.
+        nonfinite_loss: what a NaN/inf loss term does: "stop" raises at once, naming the
+            iteration and the term(s), before any optimiser step (nothing is saved from it);
+            "skip" drops the iteration's update instead (no optimiser step, no EMA update;
+            the forward's BN running statistics are kept), counted in `skipped_iterations`
+            and logged as `train/skipped_iterations`. Ranks decide together under DDP.
     """
 
     #: Whether every training batch must carry a target batch; checked once, in the loop.
@@ -141,6 +104,7 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         head_weights: Optional[dict[str, float]] = None,
         bn_stats: Literal["batch", "frozen"] = "batch",
         adaptation_warmup: int = 0,
+        nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -170,6 +134,9 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         self.eval_results: dict[str, dict[str, float]] = {}
         # Iterations the loaded checkpoint was trained for (validate/test report it).
         self.trained_iterations = 0
+        # Checkpointed, so a resumed run keeps counting.
+        self.register_buffer("skipped_iterations", torch.zeros((), dtype=torch.long))
+        self.consecutive_skips = 0
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -289,6 +256,19 @@ class UDAMethod(pl.LightningModule, abc.ABC):
             raise ValueError(f"{type(self).__name__} adapts to a target stream, but the training "
                              "batches have none: set data.target")
         losses = self.adaptation_step(batch["source"], target)
+        if self.nonfinite_terms(losses):
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            self.skipped_iterations += 1
+            self.consecutive_skips += 1
+            if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                raise FloatingPointError(
+                    f"iteration {self.global_step}: {self.consecutive_skips} iterations in a row "
+                    "had a non-finite loss and were skipped; the run is not recovering")
+            self.log("train/skipped_iterations", self.skipped_iterations.float(), on_step=True,
+                     on_epoch=False, batch_size=batch["source"]["image"].shape[0])
+            return
+        self.consecutive_skips = 0
         self.step_optimizers(optimizers)
         source_images = batch["source"]["image"]
         for name, value in losses.items():
@@ -296,6 +276,27 @@ class UDAMethod(pl.LightningModule, abc.ABC):
                      batch_size=source_images.shape[0], prog_bar=name in self.progress_losses)
         self.log("train/lr", optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
                  batch_size=source_images.shape[0])
+
+    def nonfinite_terms(self, losses: dict[str, torch.Tensor]) -> list[str]:
+        """The loss terms that are NaN/inf on this rank, if any rank has one (else []);
+        raises under `nonfinite_loss: stop`."""
+        bad = [name for name, value in losses.items()
+               if torch.is_tensor(value) and value.is_floating_point()
+               and not torch.isfinite(value.detach()).all()]
+        flag = torch.tensor(float(bool(bad)), device=self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            flag = self.trainer.strategy.reduce(flag, reduce_op="sum")
+        if flag.item() == 0:
+            return []
+        terms = ", ".join(f"{name} = {losses[name].item()}" for name in bad) or \
+            "none on this rank (another rank's)"
+        if self.hparams.nonfinite_loss == "stop":
+            raise FloatingPointError(
+                f"iteration {self.global_step}: non-finite loss: {terms}. Stopped before the "
+                "optimiser step, so no weight or checkpoint holds it; lower the learning rate, "
+                "check the inputs, or set model.init_args.nonfinite_loss: skip to drop such "
+                "iterations")
+        return bad or ["(another rank)"]
 
     def on_train_batch_end(self, outputs: object, batch: dict, batch_idx: int) -> None:
         # Asking to stop at the last iteration makes Lightning validate once more, so every run
@@ -378,66 +379,3 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         """Training iterations behind the current weights (also outside `fit`)."""
         return max(self.global_step, self.trained_iterations) if self._trainer else \
             self.trained_iterations
-
-    # ----------------------------------------------------------------- evaluation
-    def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Main-classifier logits upsampled to `size` (the label resolution in evaluation)."""
-        return upsample_logits(self.segmenter(images)[MAIN], size)
-
-    def _evaluate_batch(self, batch: dict, confusion: ConfusionMatrix) -> None:
-        labels = batch["label"]
-        logits = self.predict_logits(batch["image"], tuple(labels.shape[-2:]))
-        confusion.update(logits.argmax(dim=1), labels)
-
-    def _finish_evaluation(self, stage: str, confusion: ConfusionMatrix) -> None:
-        matrix = confusion.compute()
-        metrics = summarize(matrix, self.class_names, self.eval_subsets)
-        confusion.reset()
-        self.eval_results[stage] = metrics
-        # Values are already reduced over ranks (torchmetrics); sync_dist only averages copies.
-        self.log_dict({f"{stage}/{name}": value for name, value in metrics.items()},
-                      on_step=False, on_epoch=True, sync_dist=True)
-
-    @torch.no_grad()
-    def average_bn_statistics(self) -> None:
-        """Make BN running statistics identical on every rank (their mean).
-
-        Under DDP each rank's forward passes update its own running stats, and DDP broadcasts
-        buffers only once per iteration, so the ranks drift apart; without this each rank would
-        evaluate its shard with a slightly different model.
-        """
-        if self._trainer is None or self.trainer.world_size <= 1:
-            return
-        for buffer in (buffer for module in self.bn_statistics_modules()
-                       for buffer in module.buffers()):
-            if buffer.is_floating_point():
-                buffer.copy_(self.trainer.strategy.reduce(buffer.clone(), reduce_op="mean"))
-
-    def bn_statistics_modules(self) -> list[nn.Module]:
-        """Networks whose BN statistics `average_bn_statistics` makes identical across ranks
-        (the segmenter; methods with a teacher add it)."""
-        return [self.segmenter]
-
-    def on_validation_epoch_start(self) -> None:
-        self.average_bn_statistics()
-
-    def on_test_epoch_start(self) -> None:
-        self.average_bn_statistics()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate_batch(batch, self.val_confusion)
-
-    def on_validation_epoch_end(self) -> None:
-        self._finish_evaluation("val", self.val_confusion)
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """Train-id maps at each image's original size (one size per batch)."""
-        height, width = (int(value) for value in batch["original_size"][0])
-        logits = self.predict_logits(batch["image"], (height, width))
-        return {"prediction": logits.argmax(dim=1).to(torch.uint8), "name": batch["name"]}
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate_batch(batch, self.test_confusion)
-
-    def on_test_epoch_end(self) -> None:
-        self._finish_evaluation("test", self.test_confusion)

@@ -1,0 +1,69 @@
+"""Faults during training: a non-finite loss stops the run at once (or skips the iteration),
+naming the iteration and the term, and no weight or checkpoint holds it."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from tests.helpers import fit, tiny_method
+from udaseg.methods import AdvEnt
+
+
+class InfAtIteration(AdvEnt):
+    """AdvEnt whose auxiliary source loss is +inf once, at iteration 1 (gradients NaN)."""
+
+    injected = False
+
+    def supervised_loss(self, outputs, labels):
+        losses = super().supervised_loss(outputs, labels)
+        if self.global_step == 1 and not self.injected:
+            self.injected = True
+            losses["seg_aux"] = losses["seg_aux"] * float("inf")
+            losses["seg"] = losses["seg"] + self.hparams.aux_weight * losses["seg_aux"]
+        return losses
+
+
+class SnapshotAfterFirst(pl.Callback):
+    def __init__(self) -> None:
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_end(self, trainer, module, *args) -> None:
+        if trainer.global_step == 1:
+            self.weights = {name: value.detach().clone()
+                            for name, value in module.named_parameters()}
+
+
+def test_non_finite_loss_stops_before_the_step_and_names_iteration_and_term(tmp_path):
+    method, snapshot = tiny_method(InfAtIteration), SnapshotAfterFirst()
+    with pytest.raises(FloatingPointError, match=r"iteration 1: non-finite loss: seg_aux = inf"):
+        fit(method, steps=3, default_root_dir=tmp_path, enable_checkpointing=True,
+            callbacks=[snapshot])
+    assert not list(tmp_path.rglob("*.ckpt"))                  # nothing saved
+    final = dict(method.named_parameters())
+    assert snapshot.weights
+    # The broken iteration's update never happened (segmenter and discriminators): the
+    # parameters are those after iteration 0's step (its forward's BN statistics stay).
+    for name, value in snapshot.weights.items():
+        assert torch.equal(final[name], value), name
+
+
+def test_skip_mode_drops_the_update_counts_it_and_carries_on():
+    method = tiny_method(InfAtIteration, nonfinite_loss="skip")
+    trainer = fit(method, steps=3)
+    assert trainer.global_step == 3 and method.skipped_iterations.item() == 1
+    assert all(torch.isfinite(value).all() for value in method.parameters())
+    assert "skipped_iterations" in method.state_dict()         # resumed runs keep counting
+
+
+class AlwaysInf(AdvEnt):
+    def supervised_loss(self, outputs, labels):
+        losses = super().supervised_loss(outputs, labels)
+        losses["seg"] = losses["seg"] * float("inf")
+        return losses
+
+
+def test_skip_mode_gives_up_when_every_iteration_is_non_finite():
+    with pytest.raises(FloatingPointError, match="20 iterations in a row"):
+        fit(tiny_method(AlwaysInf, nonfinite_loss="skip"), steps=3)
