@@ -7,7 +7,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.helpers import fit, tiny_method
+from tests.helpers import assert_identical_weights, fit, fit_two_ranks, tiny_method
 from udaseg.methods import AdvEnt
 
 
@@ -67,3 +67,19 @@ class AlwaysInf(AdvEnt):
 def test_skip_mode_gives_up_when_every_iteration_is_non_finite():
     with pytest.raises(FloatingPointError, match="20 iterations in a row"):
         fit(tiny_method(AlwaysInf, nonfinite_loss="skip"), steps=3)
+
+
+class InfOnRankOne(InfAtIteration):
+    """Non-finite on rank 1 only (used by the DDP test through the CLI)."""
+
+    def supervised_loss(self, outputs, labels):
+        if self.global_rank != 1:
+            self.injected = True
+        return super().supervised_loss(outputs, labels)
+
+
+def test_ranks_skip_together_when_one_rank_is_non_finite(tmp_path):
+    ranks = fit_two_ranks(tmp_path, "tests.test_reliability.InfOnRankOne",
+                          "--model.init_args.nonfinite_loss", "skip")
+    assert [rank["state_dict"]["skipped_iterations"].item() for rank in ranks] == [1, 1]
+    assert_identical_weights(ranks)
