@@ -62,6 +62,24 @@ def test_other_hyperparameters_iterations_and_evaluations_are_never_seeds(tmp_pa
     }
 
 
+def test_seeds_started_from_their_own_stage_one_run_share_a_row(tmp_path):
+    """CIM seed k starts from TUFL seed k: the start checkpoints differ only by seed, so they
+    are one experiment; starting from another stage-1 method is a different one."""
+    for seed in (0, 1):
+        write(tmp_path, "tufl", f"seed{seed}", 20.0, 40.0, seed=seed)
+        write(tmp_path, "minent", f"seed{seed}", 18.0, 40.0, seed=seed)
+    for seed, stage_one in ((0, "tufl"), (1, "tufl"), (2, "minent")):
+        write(tmp_path, "cim", f"seed{seed}", 25.0 + seed, 50.0, seed=seed)
+        config_file = tmp_path / "cim" / f"seed{seed}" / "config.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        checkpoint = tmp_path / stage_one / f"seed{seed % 2}" / "checkpoints" / "last.ckpt"
+        config["model"]["init_args"]["weights"] = {"init_checkpoint": str(checkpoint)}
+        config_file.write_text(yaml.safe_dump(config))
+    rows = {row[0]: row[1:3] for row in summarize(group(collect(tmp_path, "test")), False)[1]}
+    assert rows["cim [init_checkpoint=\"run:tufl\"]"] == ["2", "25.5 ± 0.7"]
+    assert rows["cim [init_checkpoint=\"run:minent\"]"] == ["1", "27.0"]
+
+
 def test_the_folder_of_one_run_name_is_accepted(tmp_path, capsys):
     write(tmp_path / "runs", "lightning_logs", "version_0", 12.0, 30.0, stage="val")
     write(tmp_path / "runs", "lightning_logs", "version_1", 14.0, 34.0, seed=1, stage="val")

@@ -8,7 +8,9 @@ name's folder of versions, or a single version) and the `config.yaml` next to it
 seeds of one row only when they share the run name, the command that wrote the metrics (a
 training run's last validation is never mixed with an evaluation-only `udaseg validate`), the
 iteration count, and the whole config apart from the seed and bookkeeping (logger, callbacks,
-checkpoint settings). Rows of one name that differ are labelled with what differs; a name
+checkpoint settings; a start checkpoint from another run counts as that run's name, so the
+seeds of a two-stage method, each started from its own seed's first stage, share a row). Rows
+of one name that differ are labelled with what differs; a name
 whose runs stopped at different iterations is reported on stderr.
 """
 
@@ -53,8 +55,21 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: json.dumps(tree, sort_keys=True, default=str)}
 
 
+def start_run(value: str) -> str:
+    """A start checkpoint that is another udaseg run's (`<name>/<version>/checkpoints/x.ckpt`
+    next to that version's config.yaml) stands for that run's name, so two-stage runs whose
+    seeds each start from their own seed's stage-1 run are one experiment (CIM from TUFL)."""
+    path = Path(json.loads(value)) if value.startswith('"') else None
+    if path is not None and path.parent.name == "checkpoints" and \
+            (path.parent.parent / "config.yaml").is_file():
+        return json.dumps(f"run:{path.parent.parent.parent.name}")
+    return value
+
+
 def experiment(config: dict) -> dict[str, str]:
-    return {key: value for key, value in flatten(config).items()
+    flat = {key: start_run(value) if key.endswith("init_checkpoint") else value
+            for key, value in flatten(config).items()}
+    return {key: value for key, value in flat.items()
             if not any(key == skip or key.startswith(skip + ".") for skip in NOT_THE_EXPERIMENT)}
 
 
