@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import time
 from pathlib import Path
 
 import cv2
@@ -122,7 +123,13 @@ def test_wandb_logger_offline_writes_the_run_locally(tmp_path):
     wandb.finish()  # in-process: flush the run as a finished CLI process would
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "offline mode keeps the run on disk for a later `wandb sync`"
-    run_data = next(runs[0].glob("run-*.wandb")).read_bytes()
+    # wandb's service process may still be writing the file when finish() returns (seen once
+    # in CI: only the header was there); wait for it, up to 30 s.
+    run_file = next(runs[0].glob("run-*.wandb"))
+    deadline = time.monotonic() + 30
+    while b"val/mIoU" not in run_file.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run_data = run_file.read_bytes()
     assert b"val/IoU/road" in run_data and b"val/mIoU" in run_data
 
 
