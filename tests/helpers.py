@@ -49,12 +49,13 @@ class TinyDataset(SegmentationDataset):
 TINY_IMAGES = {"height": 32, "width": 64}
 
 
-def tiny_data(batch_size: int = 2) -> UDADataModule:
-    """Built-in benchmark at 32x64: 6 source, 6 target, 2 validation images."""
+def tiny_data(batch_size: int = 2, **data_args) -> UDADataModule:
+    """Built-in benchmark at 32x64: 6 source, 6 target, 2 validation images (`data_args`:
+    further `UDADataModule` arguments, e.g. `target_strong_view`)."""
     return UDADataModule(source=SyntheticStreets("synthetic", "train", 6, **TINY_IMAGES),
                          target=SyntheticStreets("real", "train", 6, **TINY_IMAGES),
                          val=SyntheticStreets("real", "val", 2, **TINY_IMAGES),
-                         batch_size=batch_size)
+                         batch_size=batch_size, **data_args)
 
 
 def tiny_segmenter(segmenter_class: Optional[type] = None, method_class: type = UDAMethod,
@@ -75,13 +76,15 @@ def tiny_method(method_class: type, **kwargs) -> UDAMethod:
                         **kwargs)
 
 
-def fit(method: UDAMethod, steps: int, **trainer_kwargs) -> pl.Trainer:
-    """Train `steps` iterations on the tiny benchmark, on the CPU, without logs or files."""
+def fit(method: UDAMethod, steps: int, module: Optional[UDADataModule] = None,
+        ckpt_path: Optional[str] = None, **trainer_kwargs) -> pl.Trainer:
+    """Train `steps` iterations on `module` (the tiny benchmark by default), on the CPU,
+    without logs or files; `ckpt_path` resumes."""
     settings = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
                 "enable_model_summary": False, "limit_val_batches": 0, "accelerator": "cpu",
                 "devices": 1, **trainer_kwargs}
     trainer = pl.Trainer(max_steps=steps, **settings)
-    trainer.fit(method, tiny_data())
+    trainer.fit(method, module or tiny_data(), ckpt_path=ckpt_path)
     return trainer
 
 

@@ -3,21 +3,19 @@ on-device photometric augmentation, long-tail pasting, the frozen and EMA teache
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 
-from tests.helpers import TINY_IMAGES, assert_identical_weights, fit_two_ranks
+from tests.helpers import assert_identical_weights, fit, fit_two_ranks, tiny_data, tiny_method
 from udaseg.batch_augment import MixPhotometric, class_mix_mask, paste
-from udaseg.data import StrongView, SyntheticStreets, UDADataModule, normalize
+from udaseg.data import StrongView, UDADataModule, normalize
 from udaseg.data.transforms import input_to_unit_rgb, unit_rgb_to_input
 from udaseg.losses import confidence_fraction, mixed_pixel_weights, pixel_weighted_cross_entropy
 from udaseg.methods import CrossDomainMixing
-from udaseg.models import DeepLabV2, SegmenterWeights
+from udaseg.models import SegmenterWeights
 
 OFF = MixPhotometric(jitter_p=0.0, brightness=None, contrast=None, saturation=None,
                      sharpness=None, noise_std=None, blur_sigma=None, equalize_p=0.0)
@@ -85,28 +83,15 @@ def test_mix_photometric_draws_per_image_and_is_seeded():
 
 # ------------------------------------------------------------------ method
 def data(**kwargs) -> UDADataModule:
-    return UDADataModule(source=SyntheticStreets("synthetic", "train", 6, **TINY_IMAGES),
-                         target=SyntheticStreets("real", "train", 6, **TINY_IMAGES),
-                         val=SyntheticStreets("real", "val", 2, **TINY_IMAGES), batch_size=2,
-                         **kwargs)
+    return tiny_data(**kwargs)
 
 
 def dacs(**kwargs) -> CrossDomainMixing:
-    module = data()
-    kwargs = {"segmenter": functools.partial(DeepLabV2, depth=18, width=8), "teacher": "ema",
-              "lambda_mix": 1.0, "lambda_ufl": 0.0, "long_tail_p": 0.0, "class_weights": "none",
-              "bn_stats": "batch", **kwargs}
-    return CrossDomainMixing(num_classes=module.num_classes,
-                             class_names=list(module.class_names), **kwargs)
-
-
-def fit(method: CrossDomainMixing, steps: int, module: UDADataModule | None = None,
-        ckpt_path: str | None = None, **trainer_args) -> pl.Trainer:
-    trainer = pl.Trainer(**{"max_steps": steps, "logger": False, "enable_checkpointing": False,
-                            "enable_progress_bar": False, "enable_model_summary": False,
-                            "limit_val_batches": 0, "accelerator": "cpu", **trainer_args})
-    trainer.fit(method, module or data(), ckpt_path=ckpt_path)
-    return trainer
+    """DACS's settings; CIM's parts come back through `kwargs`."""
+    return tiny_method(CrossDomainMixing, **{"teacher": "ema", "lambda_mix": 1.0,
+                                             "lambda_ufl": 0.0, "long_tail_p": 0.0,
+                                             "class_weights": "none", "bn_stats": "batch",
+                                             **kwargs})
 
 
 class ConstantTeacher(torch.nn.Module):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import pytest
@@ -10,9 +9,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from tests.helpers import TINY_IMAGES, assert_identical_weights, fit_two_ranks
+from tests.helpers import assert_identical_weights, fit, fit_two_ranks, tiny_data, tiny_method
 from udaseg.batch_augment import RandomAffine, in_frame_mask, iteration_generator, warp
-from udaseg.data import StrongView, SyntheticStreets, UDADataModule
+from udaseg.data import StrongView, UDADataModule
 from udaseg.losses import (
     adaptive_thresholds,
     class_balance_weights,
@@ -21,7 +20,7 @@ from udaseg.losses import (
     unsupervised_focal_loss,
 )
 from udaseg.methods import TUFL
-from udaseg.models import DeepLabV2, Segmenter
+from udaseg.models import Segmenter
 
 ALL = torch.ones(1, 1, 1, dtype=torch.bool)
 
@@ -156,25 +155,15 @@ class PixelSegmenter(Segmenter):
 
 
 def data(strong_view: StrongView | None = StrongView()) -> UDADataModule:
-    return UDADataModule(source=SyntheticStreets("synthetic", "train", 6, **TINY_IMAGES),
-                         target=SyntheticStreets("real", "train", 6, **TINY_IMAGES),
-                         val=SyntheticStreets("real", "val", 2, **TINY_IMAGES), batch_size=2,
-                         target_strong_view=strong_view)
+    return tiny_data(target_strong_view=strong_view)
 
 
 def tufl(**kwargs) -> TUFL:
-    module = data()
-    kwargs.setdefault("segmenter", functools.partial(DeepLabV2, depth=18, width=8))
-    return TUFL(num_classes=module.num_classes, class_names=list(module.class_names),
-                bn_stats="batch", **kwargs)
+    return tiny_method(TUFL, bn_stats="batch", **kwargs)
 
 
 def fit_tufl(method: TUFL, steps: int, module: UDADataModule | None = None) -> pl.Trainer:
-    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, accelerator="cpu")
-    trainer.fit(method, module or data())
-    return trainer
+    return fit(method, steps, module=module or data())
 
 
 def test_clean_logits_are_warped_into_the_strong_frame():
@@ -219,10 +208,7 @@ def test_fixed_threshold_keeps_thresholds_and_missing_strong_view_is_explained()
 
 def test_tufl_bf16_mixed_stays_finite():
     method = tufl()
-    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, accelerator="cpu", precision="bf16-mixed")
-    trainer.fit(method, data())
+    fit(method, steps=2, module=data(), precision="bf16-mixed")
     assert all(torch.isfinite(tensor).all() for tensor in method.state_dict().values()
                if tensor.is_floating_point())
 
