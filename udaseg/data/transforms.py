@@ -79,35 +79,9 @@ class Augmentation:
         return A.Compose(ops, strict=True, is_check_shapes=self.resize_label)
 
 
-def normalize(image: np.ndarray, normalization: Normalization) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> (3, H, W) float32 network input."""
-    pixels = image.astype(np.float32)
-    if normalization == "imagenet":
-        pixels = (pixels - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB
-    elif normalization == "caffe_bgr":
-        pixels = pixels[..., ::-1] - CAFFE_MEAN_BGR
-    elif normalization == "signed":
-        pixels = (pixels - SIGNED_CENTER) / SIGNED_SCALE
-    else:
-        raise ValueError("normalization must be 'imagenet', 'caffe_bgr' or 'signed', got "
-                         f"{normalization!r}")
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
-
-
-def denormalize(images: torch.Tensor, normalization: Normalization) -> np.ndarray:
-    """(N, 3, H, W) network input -> (N, H, W, 3) uint8 RGB, for visualisation."""
-    pixels = images.detach().float().cpu().numpy().transpose(0, 2, 3, 1)
-    if normalization == "imagenet":
-        pixels = pixels * IMAGENET_STD_RGB + IMAGENET_MEAN_RGB
-    elif normalization == "signed":
-        pixels = pixels * SIGNED_SCALE + SIGNED_CENTER
-    else:
-        pixels = (pixels + CAFFE_MEAN_BGR)[..., ::-1]
-    return np.clip(pixels, 0, 255).astype(np.uint8)
-
-
 def _channel_statistics(normalization: Normalization) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, scale) per input channel: input = (pixels - mean) / scale, pixels 0-255."""
+    """(mean, scale) per input channel: input = (pixels - mean) / scale, pixels 0-255 in the
+    input's channel order (BGR for caffe_bgr)."""
     if normalization == "imagenet":
         return IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
     if normalization == "signed":
@@ -118,19 +92,43 @@ def _channel_statistics(normalization: Normalization) -> tuple[np.ndarray, np.nd
                      f"{normalization!r}")
 
 
+def normalize(image: np.ndarray, normalization: Normalization) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 network input."""
+    mean, scale = _channel_statistics(normalization)
+    pixels = image.astype(np.float32)
+    if normalization == "caffe_bgr":
+        pixels = pixels[..., ::-1]
+    pixels = (pixels - mean) / scale
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
+def denormalize(images: torch.Tensor, normalization: Normalization) -> np.ndarray:
+    """(N, 3, H, W) network input -> (N, H, W, 3) uint8 RGB, for visualisation."""
+    mean, scale = _channel_statistics(normalization)
+    pixels = images.detach().float().cpu().numpy().transpose(0, 2, 3, 1) * scale + mean
+    if normalization == "caffe_bgr":
+        pixels = pixels[..., ::-1]
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def _statistics_on(device: torch.device, normalization: Normalization) -> tuple[torch.Tensor,
+                                                                                  torch.Tensor]:
+    mean, scale = _channel_statistics(normalization)
+    return (torch.as_tensor(mean, device=device).view(1, 3, 1, 1),
+            torch.as_tensor(scale, device=device).view(1, 3, 1, 1))
+
+
 def input_to_unit_rgb(images: torch.Tensor, normalization: Normalization) -> torch.Tensor:
     """(N, 3, H, W) network input -> RGB in [0, 1] on the same device (differentiable), for
     augmentations applied to batches on the device (DACS/CIM mixed images)."""
-    mean, scale = (torch.as_tensor(value, device=images.device).view(1, 3, 1, 1)
-                   for value in _channel_statistics(normalization))
+    mean, scale = _statistics_on(images.device, normalization)
     pixels = (images.float() * scale + mean) / 255.0
     return pixels.flip(1) if normalization == "caffe_bgr" else pixels
 
 
 def unit_rgb_to_input(pixels: torch.Tensor, normalization: Normalization) -> torch.Tensor:
     """Inverse of `input_to_unit_rgb`."""
-    mean, scale = (torch.as_tensor(value, device=pixels.device).view(1, 3, 1, 1)
-                   for value in _channel_statistics(normalization))
+    mean, scale = _statistics_on(pixels.device, normalization)
     if normalization == "caffe_bgr":
         pixels = pixels.flip(1)
     return (pixels * 255.0 - mean) / scale
