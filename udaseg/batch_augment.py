@@ -83,7 +83,6 @@ def iteration_generator(seed: int, iteration: int, rank: int, stream: int = 0) -
     return torch.Generator().manual_seed(mixed)
 
 
-
 # ----------------------------------------------------------------- cross-domain mixing
 def class_mix_mask(label: torch.Tensor, generator: torch.Generator, ignore_index: int = 255,
                    drop: int = 0) -> torch.Tensor:
@@ -125,7 +124,8 @@ class MixPhotometric:
     factors, Gaussian noise (sd on the 0-255 scale), blur (sigma = PIL's radius), equalise.
     DACS's is `jitter_p: 0.8, brightness/contrast/saturation: [0.75, 1.25], hue: 0.25,
     sharpness/noise_std: null, blur_p: 0.5, blur_sigma: [0.15, 1.15], blur_kernel_fraction:
-    0.1, equalize_p: 0` (`configs/synthetic/dacs.yaml`). A None range switches a step off.
+    0.1, equalize_p: 0` (`configs/common/mix_photometric_dacs.yaml`). A None range switches a
+    step off.
 
     Args:
         jitter_p: probability of the colour jitter (all its factors together).

@@ -280,19 +280,23 @@ class UDAMethod(SegmentationEvaluation, pl.LightningModule, abc.ABC):
     def nonfinite_terms(self, losses: dict[str, torch.Tensor]) -> list[str]:
         """The loss terms that are NaN/inf on this rank, if any rank has one (else []);
         raises under `nonfinite_loss: stop`."""
-        bad = [name for name, value in losses.items()
-               if torch.is_tensor(value) and value.is_floating_point()
-               and not torch.isfinite(value.detach()).all()]
-        flag = torch.tensor(float(bool(bad)), device=self.device)
+        terms = {name: value.detach() for name, value in losses.items()
+                 if torch.is_tensor(value) and value.is_floating_point()}
+        if not terms:
+            return []
+        # One device sync per iteration (this runs on the hot path), not one per term.
+        finite = torch.stack([torch.isfinite(value).all() for value in terms.values()])
+        flag = (~finite).any().float()
         if self._trainer is not None and self.trainer.world_size > 1:
             flag = self.trainer.strategy.reduce(flag, reduce_op="sum")
         if flag.item() == 0:
             return []
-        terms = ", ".join(f"{name} = {losses[name].item()}" for name in bad) or \
+        bad = [name for name, ok in zip(terms, finite.tolist(), strict=True) if not ok]
+        described = ", ".join(f"{name} = {losses[name].item()}" for name in bad) or \
             "none on this rank (another rank's)"
         if self.hparams.nonfinite_loss == "stop":
             raise FloatingPointError(
-                f"iteration {self.global_step}: non-finite loss: {terms}. Stopped before the "
+                f"iteration {self.global_step}: non-finite loss: {described}. Stopped before the "
                 "optimiser step, so no weight or checkpoint holds it; lower the learning rate, "
                 "check the inputs, or set model.init_args.nonfinite_loss: skip to drop such "
                 "iterations")
