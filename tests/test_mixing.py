@@ -251,3 +251,15 @@ def test_long_tail_pasting_puts_donor_pixels_into_image_label_and_mask(monkeypat
     assert (image[:, region] == 7.0).all() and (image[:, ~region] == 0.0).all()
     assert (label[region] == 3).all() and (label[~region] == 1).all()   # the donor's 0s stay out
     assert torch.equal(mask, region | (torch.arange(16).view(4, 4) == 0))
+
+
+def test_mixed_loss_takes_bf16_logits_with_class_weights():
+    """CIM under bf16-mixed: the class weights follow the float32 logits (the loss used to
+    cast the weights to bf16 and fail in cross_entropy)."""
+    logits = torch.randn(1, 3, 4, 4)
+    labels, weights = torch.randint(0, 3, (1, 4, 4)), torch.rand(1, 4, 4)
+    class_weights = torch.tensor([1.0, 2.0, 3.0])
+    value = pixel_weighted_cross_entropy(logits.bfloat16(), labels, weights, class_weights)
+    expected = pixel_weighted_cross_entropy(logits.bfloat16().float(), labels, weights,
+                                            class_weights)
+    assert torch.equal(value, expected)

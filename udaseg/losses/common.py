@@ -1,6 +1,9 @@
-"""Losses shared by every method: logit upsampling and the source cross-entropy."""
+"""Losses shared by every method: logit upsampling, the source cross-entropy and its per-pixel
+form."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,3 +32,15 @@ def segmentation_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     if not (labels != ignore_index).any():
         return logits.sum() * 0.0
     return F.cross_entropy(logits, labels.long(), ignore_index=ignore_index)
+
+
+def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                        class_weights: Optional[torch.Tensor] = None,
+                        ignore_index: int = 255) -> torch.Tensor:
+    """(N, H, W) per-pixel `-w_{y_i} log p_{i, y_i}` (0 on ignored pixels), logits (N, C, h, w)
+    upsampled to the labels first; `w` optional class weights. The losses that normalise by
+    every pixel (TUFL's, DACS's and CIM's) reduce it themselves."""
+    logits = upsample_logits(logits, tuple(labels.shape[-2:]))
+    weight = None if class_weights is None else class_weights.to(logits)
+    return F.cross_entropy(logits, labels.long(), weight=weight, ignore_index=ignore_index,
+                           reduction="none")

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from udaseg.losses.common import upsample_logits
+from udaseg.losses.common import pixel_cross_entropy
 
 #: Inside every log, as officially (`LOG_EPSILON`): keeps log(0) finite.
 LOG_EPSILON = 1e-30
@@ -159,8 +159,5 @@ def class_weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     the plain mean): divided by every pixel, ignored ones included, and not by the weights.
     Logits (N, C, h, w) are upsampled to the (N, H, W) labels first. Returns a scalar.
     """
-    logits = upsample_logits(logits, tuple(labels.shape[-2:]))
-    per_pixel = F.cross_entropy(logits, labels.long(), weight=class_weights.to(logits),
-                                ignore_index=ignore_index, reduction="none")
-    return per_pixel.mean()
+    return pixel_cross_entropy(logits, labels, class_weights, ignore_index).mean()
 

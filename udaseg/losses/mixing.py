@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from udaseg.losses.common import upsample_logits
+from udaseg.losses.common import pixel_cross_entropy, upsample_logits
 
 
 def confidence_fraction(teacher_prob: torch.Tensor, threshold: float = 0.968) -> torch.Tensor:
@@ -46,8 +45,6 @@ def pixel_weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     >>> round(loss.item(), 4) == round(0.5 * 0.6931 / 2, 4)
     True
     """
-    logits = upsample_logits(logits, tuple(labels.shape[-2:]))
-    weight = None if class_weights is None else class_weights.to(logits)
-    per_pixel = F.cross_entropy(logits.float(), labels.long(), weight=weight,
-                                ignore_index=ignore_index, reduction="none")
+    logits = upsample_logits(logits, tuple(labels.shape[-2:])).float()
+    per_pixel = pixel_cross_entropy(logits, labels, class_weights, ignore_index)
     return (per_pixel * pixel_weights.to(per_pixel)).mean()
