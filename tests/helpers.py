@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -112,7 +114,7 @@ def write_config(tmp_path: Path, method: str = "udaseg.methods.SourceOnly",
         "trainer": {
             "max_steps": max_steps, "val_check_interval": 3, "enable_progress_bar": False,
             "log_every_n_steps": 1, "accelerator": "cpu", "devices": 1,
-            "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
+            "logger": {"class_path": "udaseg.loggers.CSVLogger",
                        "init_args": {"save_dir": str(tmp_path / "runs"),
                                      **({"name": name} if name else {})}},
         },
@@ -145,13 +147,15 @@ class SaveRankWeights(pl.Callback):
 
 
 def fit_two_ranks(tmp_path: Path, method: str, *extra: str,
-                  segmenter: Optional[dict] = None, adversarial: bool = True) -> list[dict]:
+                  segmenter: Optional[dict] = None, adversarial: bool = True,
+                  launcher: Sequence[str] = ()) -> list[dict]:
     """Fit 3 iterations of a tiny config with 2 gloo ranks through the CLI, in a subprocess
     (inside pytest, Lightning's DDP launcher would re-launch the test session); each rank's
-    final weights."""
+    final weights. `launcher`: the command that starts the processes (e.g. torchrun's) instead
+    of Lightning's own launcher."""
     config = write_config(tmp_path, method=method, max_steps=3, segmenter=segmenter)
     dump = tmp_path / "weights"
-    command = [sys.executable, "-m", "udaseg.cli", "fit", "--config", str(config),
+    command = [*(launcher or [sys.executable]), "-m", "udaseg.cli", "fit", "--config", str(config),
                "--trainer.strategy", "ddp_find_unused_parameters_true",
                "--trainer.devices", "2", "--trainer.accelerator", "cpu",
                *(["--model.init_args.discriminator_width", "8"] if adversarial else []), *extra,
@@ -165,6 +169,20 @@ def fit_two_ranks(tmp_path: Path, method: str, *extra: str,
     assert [rank["world_size"] for rank in ranks] == [2, 2]
     assert [rank["global_step"] for rank in ranks] == [3, 3]
     return ranks
+
+
+class SendSignal(pl.Callback):
+    """Used inside CLI child processes: the process (every rank) sends itself `signal_name`
+    when `iteration` iterations are done. SIGKILL: no Python cleanup and no last checkpoint,
+    as on a node that died; SIGUSR1: a scheduler's warning before preemption."""
+
+    def __init__(self, iteration: int, signal_name: str = "SIGKILL") -> None:
+        self.iteration = iteration
+        self.signal_name = signal_name
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step == self.iteration:
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
 
 
 def assert_identical_weights(ranks: list[dict]) -> None:

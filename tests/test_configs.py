@@ -42,7 +42,7 @@ def test_config_resolves_with_its_benchmark_base(config, capsys):
     trainer = resolved["trainer"]
     # The CLI's own defaults: endless streams are validated by iterations only.
     assert trainer["check_val_every_n_epoch"] is None and trainer["num_sanity_val_steps"] == 0
-    assert trainer["logger"]["class_path"] == "pytorch_lightning.loggers.CSVLogger"
+    assert trainer["logger"]["class_path"] == "udaseg.loggers.CSVLogger"
     # The benchmark's trainer file applies (not only the keys a run config overrides).
     assert trainer["val_check_interval"] is not None and trainer["log_every_n_steps"] > 1
     callbacks = [callback["class_path"] for callback in trainer["callbacks"]]
@@ -50,16 +50,17 @@ def test_config_resolves_with_its_benchmark_base(config, capsys):
     assert resolved["checkpoint"]["save_last"] is True
 
 
-SCHEDULES = {  # (benchmark, config): (max_steps, val_check_interval, snapshot every)
-    ("synthetic", "source_only.yaml"): (600, 200, None),
-    ("synthetic", "clan.yaml"): (600, 200, None),
-    ("synthetic_v2", "source_only.yaml"): (300, 150, None),
-    ("gta5_to_cityscapes", "advent.yaml"): (120_000, 2000, 10_000),
-    ("gta5_to_cityscapes", "clan.yaml"): (100_000, 2000, 10_000),
-    ("gta5_to_cityscapes", "maxsquare.yaml"): (30_000, 1000, 5000),
-    ("synthia_to_cityscapes", "clan.yaml"): (100_000, 2000, 10_000),
-    ("synthia_to_cityscapes", "maxsquare.yaml"): (30_000, 1000, 5000),
-    ("cityscapes_to_crosscity", "maxsquare.yaml"): (20_000, 2000, 10_000),
+SCHEDULES = {  # (benchmark, config): (max_steps, val_check_interval, resume checkpoint every,
+    #                                   snapshot every)
+    ("synthetic", "source_only.yaml"): (600, 200, 100, None),
+    ("synthetic", "clan.yaml"): (600, 200, 100, None),
+    ("synthetic_v2", "source_only.yaml"): (300, 150, 100, None),
+    ("gta5_to_cityscapes", "advent.yaml"): (120_000, 2000, 1000, 10_000),
+    ("gta5_to_cityscapes", "clan.yaml"): (100_000, 2000, 1000, 10_000),
+    ("gta5_to_cityscapes", "maxsquare.yaml"): (30_000, 1000, 1000, 5000),
+    ("synthia_to_cityscapes", "clan.yaml"): (100_000, 2000, 1000, 10_000),
+    ("synthia_to_cityscapes", "maxsquare.yaml"): (30_000, 1000, 1000, 5000),
+    ("cityscapes_to_crosscity", "maxsquare.yaml"): (20_000, 2000, 1000, 10_000),
 }
 
 
@@ -68,7 +69,8 @@ def test_single_key_overrides_keep_the_rest_of_the_trainer(benchmark, name, caps
     resolved = resolve(capsys, CONFIGS / benchmark / name)
     trainer = resolved["trainer"]
     assert (trainer["max_steps"], trainer["val_check_interval"],
-            resolved["checkpoint"]["every_n_train_steps"]) == SCHEDULES[benchmark, name]
+            resolved["checkpoint"]["every_n_train_steps"],
+            resolved["snapshots"]["every_n_iterations"]) == SCHEDULES[benchmark, name]
     expected_accelerator = "auto" if benchmark.startswith("synthetic") else "gpu"
     assert trainer["accelerator"] == expected_accelerator, "the rest of the trainer file stays"
 

@@ -39,15 +39,15 @@ def test_sampler_favours_images_with_rare_classes_and_is_seeded():
     counts[0, 1] = 1000
     settings = RareClassSampling(temperature=0.5, min_pixels=10)
     sampler = RareClassSampler(counts, settings, seed=3)
-    draws = [index for index, _ in zip(iter(sampler), range(20000), strict=False)]
+    draws = [index for (_, index), _ in zip(iter(sampler), range(20000), strict=False)]
     p_rare = sampler.class_probabilities[1]
     # Image 0 is drawn for the rare class, and as 1 of 100 images of class 0.
     expected = p_rare + (1 - p_rare) / 100
     assert abs(np.mean(np.array(draws) == 0) - expected) < 0.02
     assert expected > 0.5  # uniform sampling would give 0.01
-    again = [index for index, _ in zip(iter(RareClassSampler(counts, settings, seed=3)),
+    again = [index for (_, index), _ in zip(iter(RareClassSampler(counts, settings, seed=3)),
                                        range(100), strict=False)]
-    other_rank = [index for index, _ in zip(iter(RareClassSampler(counts, settings, 2, 1, 3)),
+    other_rank = [index for (_, index), _ in zip(iter(RareClassSampler(counts, settings, 2, 1, 3)),
                                             range(100), strict=False)]
     assert again == draws[:100] and other_rank != draws[:100]
 

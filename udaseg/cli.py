@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,10 +18,13 @@ from pytorch_lightning.cli import (
     LightningCLI,
     SaveConfigCallback,
 )
+from pytorch_lightning.plugins import CheckpointIO
 
-from udaseg.callbacks import IoUReport, PredictionWriter
+from udaseg.callbacks import IoUReport, PredictionWriter, Preemption, Snapshots
 from udaseg.callbacks.files import run_directory
+from udaseg.checkpoint_io import SafeCheckpointIO, read_checkpoint_file
 from udaseg.data import UDADataModule
+from udaseg.loggers import truncate_metrics
 from udaseg.methods import UDAMethod
 
 #: Trainer settings every udaseg run needs, whatever its config: the training streams are
@@ -29,8 +33,8 @@ from udaseg.methods import UDAMethod
 TRAINER_DEFAULTS = {
     "check_val_every_n_epoch": None,
     "num_sanity_val_steps": 0,
-    "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
-               "init_args": {"save_dir": "runs"}},
+    # udaseg's CSV logger keeps a resumed run's metrics.csv (Lightning's deletes it).
+    "logger": {"class_path": "udaseg.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
 }
 
 
@@ -121,6 +125,24 @@ class SaveRunConfig(SaveConfigCallback):
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
 
+def latest_last_checkpoint(run_folder: Path, version: object = None) -> Optional[Path]:
+    """`<run_folder>/<version>/checkpoints/last.ckpt` of the given version, else of the highest
+    `version_N` that has one; None if there is none."""
+    if version is not None:
+        folder = str(version) if isinstance(version, str) else f"version_{version}"
+        candidates = [run_folder / folder]
+    else:
+        numbered = [path for path in run_folder.glob("version_*")
+                    if path.name.removeprefix("version_").isdigit()]
+        candidates = sorted(numbered, key=lambda path: int(path.name.removeprefix("version_")),
+                            reverse=True)
+    for folder in candidates:
+        checkpoint = folder / "checkpoints" / "last.ckpt"
+        if checkpoint.is_file():
+            return checkpoint
+    return None
+
+
 class UDASegCLI(LightningCLI):
     """Links the label space from the data to the method so no config writes it twice, and
     uses the run's single `seed_everything` for data shuffling and augmentation too."""
@@ -130,10 +152,14 @@ class UDASegCLI(LightningCLI):
             parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}",
                                   apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.seed")
-        # Every run keeps `last.ckpt` (written when fit ends); configs add periodic snapshots
-        # with one key, `checkpoint.every_n_train_steps` (iterations) + `save_top_k: -1`.
+        # `last.ckpt`, where `--ckpt_path last` resumes: written when fit ends and, with
+        # `checkpoint.every_n_train_steps: N`, every N iterations. Kept snapshots are another
+        # key, `snapshots.every_n_iterations`.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        parser.add_lightning_class_args(Snapshots, "snapshots")
+        # SIGUSR1/SIGTERM: last.ckpt at the iteration's end, SLURM requeue, exit (exact resume).
+        parser.add_lightning_class_args(Preemption, "preemption")
         parser.add_lightning_class_args(IoUReport, "iou_report")
         # `udaseg predict ... --predictions.output_dir out/ --predictions.save_train_ids true`
         parser.add_lightning_class_args(PredictionWriter, "predictions")
@@ -152,6 +178,15 @@ class UDASegCLI(LightningCLI):
                 print("udaseg: " + "\nudaseg: ".join(problems), file=sys.stderr)
             raise
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads `--ckpt_path`'s hyperparameters into the config here; a broken file
+        fails first with udaseg's error naming it."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            read_checkpoint_file(path, mmap=True)
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         """Name an unnamed CSV/TensorBoard run after its config (W&B: the run's display name),
         so runs of different configs never share a folder and comparisons group them."""
@@ -163,6 +198,46 @@ class UDASegCLI(LightningCLI):
         arguments = logger.init_args
         if "name" in arguments and arguments.name in (UNNAMED, None):
             arguments.name = name
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
+            self.resume_last_run(config)
+
+    def resume_last_run(self, config) -> None:
+        """`fit --ckpt_path last`: go on with this config's latest run that has a last.ckpt,
+        in that run's folder (same version; its metrics.csv continues, rows logged after the
+        checkpoint dropped). Without one, a fresh run starts (so a requeued job can always pass
+        `--ckpt_path last`). For other loggers (W&B keeps runs by id) and an explicit
+        `checkpoint.dirpath`, Lightning's own lookup applies.
+        """
+        logger = config.trainer.logger.init_args
+        folder_logger = config.trainer.logger.class_path.endswith(("CSVLogger",
+                                                                   "TensorBoardLogger"))
+        if config.checkpoint.get("dirpath") or not folder_logger or not logger.get("name"):
+            return
+        run_folder = Path(logger.get("save_dir") or "runs") / logger.name
+        checkpoint = latest_last_checkpoint(run_folder, logger.version)
+        if checkpoint is None:
+            print(f"udaseg: no last.ckpt under {run_folder}: starting a fresh run",
+                  file=sys.stderr)
+            return
+        version = checkpoint.parent.parent.name
+        logger.version = int(version.removeprefix("version_")) if \
+            version.startswith("version_") else version
+        config.ckpt_path = str(checkpoint)
+        step = int(read_checkpoint_file(checkpoint, mmap=True).get("global_step", 0))
+        if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0":
+            truncate_metrics(checkpoint.parent.parent / "metrics.csv", step)
+        print(f"udaseg: resuming {checkpoint} at iteration {step}", file=sys.stderr)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
+        """Every trainer writes checkpoints atomically and reads them with weights_only=True
+        (`udaseg.checkpoint_io`), unless the config brings its own CheckpointIO."""
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) \
+            else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(SafeCheckpointIO())
+        config["plugins"] = plugins
+        return super()._instantiate_trainer(config, callbacks)
 
     def require_trained_weights(self) -> None:
         """Evaluating or predicting needs trained weights: refuse a run that would silently use
@@ -176,17 +251,53 @@ class UDASegCLI(LightningCLI):
 
     before_validate = before_test = before_predict = require_trained_weights
 
+    def before_fit(self) -> None:
+        """Refuse an endless run before anything is written: the poly schedule (and every
+        iteration-based setting) needs `trainer.max_steps` or `optim.max_iters`."""
+        if self.model.optim_config.max_iters is None and self.trainer.max_steps <= 0:
+            raise ValueError("udaseg fit needs a length in iterations: set trainer.max_steps "
+                             "(e.g. --trainer.max_steps 120000) or "
+                             "model.init_args.optim.max_iters; epochs are not used (the "
+                             "training streams are endless)")
+
+
+#: How PyTorch rewraps an exception raised in a DataLoader worker process.
+WORKER_ERROR = re.compile(r"^Caught (\w+) in DataLoader worker process (\d+)\.\nOriginal Traceback")
+
+
+def unwrap_worker_error(error: BaseException) -> Optional[BaseException]:
+    """The error a DataLoader worker raised, with its own one-line message (which names the
+    bad file) instead of PyTorch's "Caught ... Original Traceback" text; None when `error`
+    did not come from a worker."""
+    text = str(error.args[0]) if error.args else ""
+    match = WORKER_ERROR.match(text)
+    if match is None:
+        return None
+    name, worker = match.groups()
+    original = text.rstrip().rsplit(f"\n{name}: ", 1)[-1]
+    message = f"{original} (in DataLoader worker {worker})"
+    try:
+        return type(error)(message)
+    except Exception:  # an exception type that takes other arguments
+        return RuntimeError(f"{name}: {message}")
+
 
 def main(args: Optional[list[str]] = None) -> None:
     """Console-script entry point; `args` replaces sys.argv (tests run the CLI in-process).
 
     Returns None: the console script would turn a returned object into exit code 1.
     """
-    # Methods build their own optimisers (several, with poly LR): no --optimizer options.
-    UDASegCLI(UDAMethod, UDADataModule, subclass_mode_model=True, seed_everything_default=0,
-              auto_configure_optimizers=False, trainer_defaults=TRAINER_DEFAULTS,
-              save_config_callback=SaveRunConfig, save_config_kwargs={"overwrite": True},
-              args=args)
+    try:
+        # Methods build their own optimisers (several, with poly LR): no --optimizer options.
+        UDASegCLI(UDAMethod, UDADataModule, subclass_mode_model=True,
+                  seed_everything_default=0, auto_configure_optimizers=False,
+                  trainer_defaults=TRAINER_DEFAULTS, save_config_callback=SaveRunConfig,
+                  save_config_kwargs={"overwrite": True}, args=args)
+    except Exception as error:
+        unwrapped = unwrap_worker_error(error)
+        if unwrapped is None:
+            raise
+        raise unwrapped from None
 
 
 if __name__ == "__main__":

@@ -29,10 +29,15 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+#: Key of the confusion matrix (rows: ground truth, columns: prediction) in a result file; not
+#: a metric to average.
+CONFUSION_KEY = "confusion_matrix"
+
 #: Config keys that do not make two runs different experiments: the seed, where and how the
 #: run is logged or checkpointed, how it is shown, where the weights come from for evaluation.
 NOT_THE_EXPERIMENT = ("seed_everything", "data.seed", "trainer.logger", "trainer.callbacks",
-                      "trainer.enable_progress_bar", "checkpoint", "iou_report", "predictions",
+                      "trainer.enable_progress_bar", "checkpoint", "snapshots", "preemption",
+                      "iou_report", "predictions",
                       "ckpt_path", "config")
 
 
@@ -85,6 +90,7 @@ def collect(root: Path, stage: str) -> list[Run]:
         else:                                    # root is a save_dir: names may be nested
             name = str(version.parent.relative_to(root))
         metrics = json.loads(path.read_text())
+        metrics.pop(CONFUSION_KEY, None)
         config_file = version / "config.yaml"
         config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
         runs.append(Run(name=name, command=str(metrics.pop("command", "fit")),

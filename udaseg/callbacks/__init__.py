@@ -3,6 +3,9 @@
 from udaseg.callbacks.entropy_maps import EntropyMaps
 from udaseg.callbacks.iou_report import IoUReport
 from udaseg.callbacks.prediction_writer import PredictionWriter
+from udaseg.callbacks.preemption import Preemption
 from udaseg.callbacks.progress import IterationProgressBar
+from udaseg.callbacks.snapshots import Snapshots
 
-__all__ = ["EntropyMaps", "IoUReport", "IterationProgressBar", "PredictionWriter"]
+__all__ = ["EntropyMaps", "IoUReport", "IterationProgressBar", "Preemption", "PredictionWriter",
+           "Snapshots"]

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from udaseg.callbacks.files import run_directory, write_json_atomic
+from udaseg.compare import CONFUSION_KEY
 
 
 def iou_table(metrics: dict[str, float], title: str) -> Table:
@@ -27,7 +28,8 @@ def iou_table(metrics: dict[str, float], title: str) -> Table:
 
 class IoUReport(pl.Callback):
     """After each validation/test: print the per-class IoU table (rank 0) and write
-    `<log_dir>/<stage>_metrics.json` with the metrics and the global step.
+    `<log_dir>/<stage>_metrics.json` with the metrics, the confusion matrix and the global
+    step.
 
     Args:
         print_table: print on every evaluation (False: only at the end of fit, validate, test).
@@ -47,7 +49,7 @@ class IoUReport(pl.Callback):
         # `command` keeps evaluation-only runs apart from training runs in comparisons.
         write_json_atomic(run_directory(trainer) / f"{stage}_metrics.json",
                           {"iteration": module.iteration, "command": trainer.state.fn.value,
-                           **metrics})
+                           **metrics, CONFUSION_KEY: module.eval_confusion.get(stage)})
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._report(trainer, module, "val")

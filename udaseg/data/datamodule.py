@@ -14,14 +14,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from pytorch_lightning.utilities import CombinedLoader
+from pytorch_lightning.utilities import CombinedLoader, rank_zero_warn
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from udaseg.data.base import SegmentationDataset, check_same_classes
 from udaseg.data.classes import IGNORE_INDEX
 from udaseg.data.photometric import StrongView
 from udaseg.data.rare_class_sampling import RareClassSampler, RareClassSampling, class_pixel_counts
-from udaseg.data.streams import InfiniteShardedSampler, SameSizeBatchSampler, reseed_worker
+from udaseg.data.streams import InfiniteShardedSampler, SameSizeBatchSampler
 from udaseg.data.transforms import Augmentation, Normalization, TransformedDataset
 
 # Distinct seed offsets so the source and target streams never share an order.
@@ -48,7 +48,7 @@ class UDADataModule(pl.LightningDataModule):
         num_workers: DataLoader workers per stream.
         rare_class_sampling: draw source images by DAFormer's rare class sampling instead of
             uniform passes (`udaseg.data.RareClassSampling`); None = uniform.
-        seed: shuffling and augmentation seed (also mixed with the rank and the resume step).
+        seed: shuffling and augmentation seed (also mixed with the stream and the rank).
         target_strong_view: a second, photometrically augmented view of each target crop for
             consistency methods (TUFL); the settings live in the data config
             (`udaseg.data.StrongView`; `target_strong_view: {}` = the official TUFL settings).
@@ -98,6 +98,10 @@ class UDADataModule(pl.LightningDataModule):
         self.target_strong_view = target_strong_view
         self._source_pixel_counts: Optional[np.ndarray] = None
         self._donor_dataset: Optional[TransformedDataset] = None
+        # Draws each rank's training streams made before this fit (restored from a checkpoint)
+        # and the iteration they were made by: where a resumed run's streams go on.
+        self._resumed_draws: dict[str, int] = {}
+        self._resumed_step = 0
 
     # Linked into the method's constructor by the CLI, so they are written once, here.
     @property
@@ -124,34 +128,60 @@ class UDADataModule(pl.LightningDataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
-    def _resume_offset(self) -> int:
-        """Shift the stream seeds on resume, so a resumed run does not replay its first batches."""
-        return 0 if self.trainer is None else int(self.trainer.global_step)
+    def stream_batch_sizes(self) -> dict[str, int]:
+        sizes = {"source": self.batch_size}
+        if self.target is not None:
+            sizes["target"] = self.target_batch_size
+        return sizes
+
+    def stream_draws(self) -> dict[str, int]:
+        """Samples each training stream of this rank has drawn so far (every iteration draws
+        one batch of each; ranks draw alike)."""
+        step = 0 if self.trainer is None else int(self.trainer.global_step)
+        return {key: self._resumed_draws.get(key, 0) + (step - self._resumed_step) * size
+                for key, size in self.stream_batch_sizes().items()}
+
+    def state_dict(self) -> dict:
+        """Checkpointed: where the training streams stand, for an exact resume."""
+        _, world_size = self._rank_and_world()
+        step = 0 if self.trainer is None else int(self.trainer.global_step)
+        return {"stream_draws": self.stream_draws(), "iteration": step,
+                "world_size": world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        _, world_size = self._rank_and_world()
+        if state.get("world_size", world_size) != world_size:
+            rank_zero_warn(
+                f"resuming a run of {state['world_size']} processes with {world_size}: each "
+                "process's streams go on from the same position, but shards differ, so the "
+                "data order is not the one the original run would have seen")
+        self._resumed_draws = dict(state.get("stream_draws", {}))
+        self._resumed_step = int(state.get("iteration", 0))
 
     def stream_loader(self, key: str, dataset: SegmentationDataset, augmentation: Augmentation,
                       batch_size: int, keep_label: bool,
                       strong_view: Optional[StrongView] = None) -> DataLoader:
         rank, world_size = self._rank_and_world()
-        stream_seed = self.seed * 7919 + _STREAM_SEEDS[key] + 104_729 * self._resume_offset()
+        stream_seed = self.seed * 7919 + _STREAM_SEEDS[key]
         transformed = TransformedDataset(dataset, augmentation, self.normalization, keep_label,
                                          strong_view)
         transformed.reseed(stream_seed * 997 + rank)
-        sampler = self.stream_sampler(key, dataset, world_size, rank, stream_seed)
+        sampler = self.stream_sampler(key, dataset, world_size, rank, stream_seed,
+                                      start=self.stream_draws()[key])
         return DataLoader(transformed, batch_size=batch_size, sampler=sampler,
                           num_workers=self.num_workers, drop_last=True,
-                          worker_init_fn=reseed_worker,
                           generator=torch.Generator().manual_seed(stream_seed * 997 + rank),
                           persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
     def stream_sampler(self, key: str, dataset: SegmentationDataset, world_size: int, rank: int,
-                       seed: int) -> InfiniteShardedSampler:
+                       seed: int, start: int = 0) -> InfiniteShardedSampler:
         """Uniform passes, or rare class sampling for the source stream when configured."""
         if key != "source" or self.rare_class_sampling is None:
             return InfiniteShardedSampler(len(dataset), num_replicas=world_size, rank=rank,
-                                          seed=seed)
+                                          seed=seed, start=start)
         return RareClassSampler(self.source_pixel_counts(), self.rare_class_sampling,
-                                num_replicas=world_size, rank=rank, seed=seed)
+                                num_replicas=world_size, rank=rank, seed=seed, start=start)
 
     def source_pixel_counts(self) -> np.ndarray:
         """(num_images, C) labelled pixels of each class in each source image: one pass over

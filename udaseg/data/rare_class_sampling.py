@@ -105,14 +105,16 @@ class RareClassSampler(InfiniteShardedSampler):
     Args:
         pixel_counts: (N, C) from `class_pixel_counts`.
         settings: temperature and minimum pixels.
-        num_replicas, rank, seed: as for `InfiniteShardedSampler`.
+        num_replicas, rank, seed, start: as for `InfiniteShardedSampler` (yields
+            `(position, index)` pairs too).
     """
 
     BLOCK = 4096
 
     def __init__(self, pixel_counts: np.ndarray, settings: RareClassSampling,
-                 num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
-        super().__init__(len(pixel_counts), num_replicas=num_replicas, rank=rank, seed=seed)
+                 num_replicas: int = 1, rank: int = 0, seed: int = 0, start: int = 0) -> None:
+        super().__init__(len(pixel_counts), num_replicas=num_replicas, rank=rank, seed=seed,
+                         start=start)
         contains = np.asarray(pixel_counts) >= settings.min_pixels
         self.class_images = [np.flatnonzero(contains[:, c]) for c in range(contains.shape[1])]
         probabilities = rare_class_probabilities(pixel_counts, settings.temperature)
@@ -123,14 +125,14 @@ class RareClassSampler(InfiniteShardedSampler):
                              "pixels of any class; lower rare_class_sampling.min_pixels")
         self.class_probabilities = probabilities / probabilities.sum()
 
-    def __iter__(self) -> Iterator[int]:
-        block = self.epoch
+    def indices_from(self, start: int) -> Iterator[int]:
+        block, offset = self.epoch + start // self.BLOCK, start % self.BLOCK
         while True:
             rng = np.random.default_rng([self.seed, self.rank, block])
             classes = rng.choice(len(self.class_probabilities), size=self.BLOCK,
                                  p=self.class_probabilities)
             picks = rng.random(self.BLOCK)
-            for c, pick in zip(classes.tolist(), picks.tolist(), strict=True):
+            for c, pick in zip(classes[offset:].tolist(), picks[offset:].tolist(), strict=True):
                 images = self.class_images[c]
                 yield int(images[min(int(pick * len(images)), len(images) - 1)])
-            block += 1
+            block, offset = block + 1, 0

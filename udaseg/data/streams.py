@@ -4,19 +4,26 @@ UDA training pairs a source batch with a target batch every iteration. The two d
 different sizes, and the papers count iterations, not epochs, so each stream cycles on its own:
 every pass over a dataset is a fresh permutation, split into disjoint per-rank shards, and the
 training length is set by `trainer.max_steps` alone.
+
+Exact resume: a stream yields `(position, index)` pairs, position being how many draws this
+rank's stream has made. The dataset seeds each sample's augmentation from (stream seed, rank,
+position), so nothing about a stream lives in a process: a run resumed at iteration k starts
+its samplers at position k x batch size and draws exactly the crops, flips and strong views the
+uninterrupted run would have, whatever the number of DataLoader workers.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import BatchSampler, DistributedSampler, Sampler, get_worker_info
+from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
 
 class InfiniteShardedSampler(DistributedSampler):
-    """Yields dataset indices forever: pass k is a permutation seeded by (seed, k), rank r takes
-    every `num_replicas`-th index from position r.
+    """Yields `(position, dataset index)` forever: pass k is a permutation seeded by (seed, k),
+    rank r takes every `num_replicas`-th index from position r.
 
     It subclasses `DistributedSampler` only so that Lightning leaves it alone under DDP (Lightning
     wraps any other sampler and would try to materialise this endless one).
@@ -26,20 +33,24 @@ class InfiniteShardedSampler(DistributedSampler):
         num_replicas: world size; rank: this process's rank.
         seed: base seed; streams with different seeds are shuffled independently.
         shuffle: False yields 0..n-1 in order each pass (still sharded).
+        start: position of the first draw (draws this rank already made: resume).
     """
 
     def __init__(self, dataset_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, start: int = 0) -> None:
         if dataset_size <= 0:
             raise ValueError("cannot stream from an empty dataset")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
+        if start < 0:
+            raise ValueError(f"a stream cannot start at position {start}")
         # DistributedSampler.__init__ would query torch.distributed; we set what we need ourselves.
         self.dataset_size = dataset_size
         self.num_replicas = num_replicas
         self.rank = rank
         self.seed = seed
         self.shuffle = shuffle
+        self.start = start
         self.epoch = 0
 
     def pass_order(self, pass_index: int) -> torch.Tensor:
@@ -55,25 +66,20 @@ class InfiniteShardedSampler(DistributedSampler):
             order = torch.cat([order, order[:remainder]])
         return order
 
-    def __iter__(self) -> Iterator[int]:
-        pass_index = self.epoch
+    def indices_from(self, start: int) -> Iterator[int]:
+        """This rank's dataset indices from draw `start` on (whole passes are skipped without
+        being drawn)."""
+        shard = -(-self.dataset_size // self.num_replicas)
+        pass_index, offset = self.epoch + start // shard, start % shard
         while True:
-            yield from self.pass_order(pass_index)[self.rank::self.num_replicas].tolist()
-            pass_index += 1
+            yield from self.pass_order(pass_index)[self.rank::self.num_replicas][offset:].tolist()
+            pass_index, offset = pass_index + 1, 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(itertools.count(self.start), self.indices_from(self.start))
 
     def __len__(self) -> int:
         raise TypeError("InfiniteShardedSampler is endless; training length is set by max_steps")
-
-
-def reseed_worker(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: give each worker's augmentation pipeline its own seed.
-
-    Without it every worker (and every DDP rank) draws the same crops and flips. The worker seed
-    comes from the DataLoader's generator, which the data module seeds with (seed, rank, stream).
-    """
-    info = get_worker_info()
-    if info is not None and hasattr(info.dataset, "reseed"):
-        info.dataset.reseed(info.seed % 2**32)
 
 
 class SameSizeBatchSampler(BatchSampler):

@@ -144,6 +144,11 @@ class TransformedDataset(torch.utils.data.Dataset):
     same augmented crop as "image", pixel for pixel, after `StrongView`'s photometric steps,
     normalised the same way. Its parameters come from `self.rng`, which `reseed` re-creates
     from the same seed as the augmentation pipeline (but as a separate stream).
+
+    Indexed by a `(position, index)` pair (the training streams' samplers), a sample's random
+    draws are seeded by (`reseed`'s seed, position) alone: the same draw gets the same crop in
+    any worker process and after a resume. A plain index continues the sequential stream
+    `reseed` started.
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, augmentation: Augmentation,
@@ -156,9 +161,14 @@ class TransformedDataset(torch.utils.data.Dataset):
         self.strong_view = strong_view
         self.pipeline = augmentation.build()
         self.rng = np.random.default_rng()
+        self.seed = 0
 
     def reseed(self, seed: int) -> None:
-        """Give this copy of the pipeline its own random stream (per worker and rank)."""
+        """Give this copy of the pipeline its own random stream (per stream and rank)."""
+        self.seed = seed
+        self._seed_draws(seed)
+
+    def _seed_draws(self, seed: int) -> None:
         self.pipeline.set_random_seed(seed)
         # albumentations seeds its own generator with `seed` itself: a different key keeps the
         # strong view's draws independent of the crops and flips.
@@ -167,7 +177,13 @@ class TransformedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, tuple):
+            position, index = key
+            entropy = np.random.SeedSequence([self.seed, position]).generate_state(1)
+            self._seed_draws(int(entropy[0]))
+        else:
+            index = key
         sample = self.dataset[index]
         image, label = sample["image"], sample.get("label")
         original_size = torch.tensor(image.shape[:2])

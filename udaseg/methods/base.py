@@ -24,12 +24,12 @@ from typing import ClassVar, Literal, Optional
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from udaseg.losses import segmentation_cross_entropy, upsample_logits
+from udaseg.methods.checkpointing import CheckpointState
 from udaseg.methods.evaluation import SegmentationEvaluation
-from udaseg.methods.optim import POLY_HORIZON_KEY, OptimConfig, poly_lr
+from udaseg.methods.optim import OptimConfig, poly_lr
 from udaseg.metrics import ConfusionMatrix
 from udaseg.models import (
     AUX,
@@ -56,7 +56,7 @@ def level_probabilities(outputs: SegmenterOutput,
 MAX_CONSECUTIVE_SKIPS = 20
 
 
-class UDAMethod(SegmentationEvaluation, pl.LightningModule, abc.ABC):
+class UDAMethod(CheckpointState, SegmentationEvaluation, pl.LightningModule, abc.ABC):
     """Base LightningModule of all methods (manual optimisation).
 
     Args:
@@ -132,6 +132,8 @@ class UDAMethod(SegmentationEvaluation, pl.LightningModule, abc.ABC):
         self.test_confusion = ConfusionMatrix(num_classes, ignore_index)
         # Latest evaluation results, read by callbacks (IoU table, result files).
         self.eval_results: dict[str, dict[str, float]] = {}
+        # ... and their confusion matrices (rows: ground truth, columns: prediction).
+        self.eval_confusion: dict[str, list[list[int]]] = {}
         # Iterations the loaded checkpoint was trained for (validate/test report it).
         self.trained_iterations = 0
         # Checkpointed, so a resumed run keeps counting.
@@ -357,26 +359,6 @@ class UDAMethod(SegmentationEvaluation, pl.LightningModule, abc.ABC):
                 total = total + weight * losses[f"seg_{head}"]
         losses["seg"] = total
         return losses
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.poly_horizon is not None:
-            checkpoint[POLY_HORIZON_KEY] = self.poly_horizon
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.trained_iterations = int(checkpoint.get("global_step", 0))
-        saved_horizon = checkpoint.get(POLY_HORIZON_KEY)
-        resuming = self._trainer is not None and self.trainer.state.fn == "fit"
-        if resuming and saved_horizon and saved_horizon != self.max_iters:
-            step = self.trained_iterations
-            power, warmup = self.optim_config.poly_power, self.optim_config.warmup_iters
-            before, after = (poly_lr(1.0, step, horizon, power, warmup)
-                             for horizon in (saved_horizon, self.max_iters))
-            rank_zero_warn(
-                f"resuming at iteration {step}: the checkpoint's poly schedule decays over "
-                f"{saved_horizon} iterations, this run's over {self.max_iters} (trainer.max_steps"
-                f" changed), so the learning rate jumps from {before:.4g} to {after:.4g} x lr. "
-                f"Set model.init_args.optim.max_iters: {saved_horizon} to keep the original "
-                "schedule.")
 
     @property
     def iteration(self) -> int:

@@ -15,7 +15,7 @@ from udaseg.models import MAIN
 class SegmentationEvaluation:
     """Validation, test and predict steps of `UDAMethod` (a mixin of that LightningModule: it
     reads the method's `segmenter`, `val_confusion`/`test_confusion`, `class_names` and
-    `eval_subsets`, and fills `eval_results`)."""
+    `eval_subsets`, and fills `eval_results` and `eval_confusion`)."""
 
     def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Main-classifier logits upsampled to `size` (the label resolution in evaluation)."""
@@ -31,6 +31,7 @@ class SegmentationEvaluation:
         metrics = summarize(matrix, self.class_names, self.eval_subsets)
         confusion.reset()
         self.eval_results[stage] = metrics
+        self.eval_confusion[stage] = matrix.cpu().tolist()
         # Values are already reduced over ranks (torchmetrics); sync_dist only averages copies.
         self.log_dict({f"{stage}/{name}": value for name, value in metrics.items()},
                       on_step=False, on_epoch=True, sync_dist=True)
