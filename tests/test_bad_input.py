@@ -131,3 +131,16 @@ def test_predict_names_a_broken_image_and_skips_other_files(tmp_path):
               str(tmp_path / "out"), "--ckpt_path",
               str(run_dir(tmp_path, 0) / "checkpoints" / "last.ckpt")])
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_evaluating_with_other_settings_than_the_checkpoint_names_them(tmp_path):
+    """The config decides the model (Lightning's CLI would read the checkpoint's settings
+    over it): a checkpoint trained with discriminator width 8, validated with the default 64,
+    is refused with the file named."""
+    config = write_config(tmp_path, method="udaseg.methods.AdvEnt", max_steps=1)
+    main(["fit", "--config", str(config), "--model.init_args.discriminator_width", "8"])
+    checkpoint = run_dir(tmp_path, 0) / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match=rf"checkpoint {checkpoint} was trained with other "
+                       r"model settings than this run's \(AdvEnt\): 18 tensors of other "
+                       r"shapes, e\.g\. discriminators\.aux\.0\.bias \(8,\) vs \(64,\)"):
+        main(["validate", "--config", str(config), "--ckpt_path", str(checkpoint)])

@@ -70,7 +70,7 @@ def test_a_method_trains_and_evaluates_a_segmenter_defined_outside_the_package(t
     assert saved["model"]["init_args"]["segmenter"]["class_path"] == SEGMENTER["class_path"]
 
     fitted_miou = json.loads((fitted / "val_metrics.json").read_text())["mIoU"]
-    main(["validate", "--config", str(config),
+    main(["validate", "--config", str(config), "--model.init_args.discriminator_width", "8",
           "--ckpt_path", str(fitted / "checkpoints" / "last.ckpt")])
     validated = json.loads((run_dir(tmp_path, 1) / "val_metrics.json").read_text())
     assert validated["mIoU"] == pytest.approx(fitted_miou, abs=1e-4)

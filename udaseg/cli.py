@@ -179,13 +179,17 @@ class UDASegCLI(LightningCLI):
             raise
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning reads `--ckpt_path`'s hyperparameters into the config here; a broken file
-        fails first with udaseg's error naming it."""
+        """Check that `--ckpt_path` is a readable checkpoint (udaseg's error names the file).
+
+        Lightning would also read the checkpoint's hyperparameters *over* the config and the
+        command line here, so `udaseg validate --ckpt_path ... --model.init_args.inference.flip
+        true` would silently evaluate without flipping. udaseg runs what the config and the
+        command line say; a checkpoint of another model is refused when it is loaded
+        (`UDAMethod.check_checkpoint_fits`)."""
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and Path(path).is_file():
             read_checkpoint_file(path, mmap=True)
-        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         """Name an unnamed CSV/TensorBoard run after its config (W&B: the run's display name),

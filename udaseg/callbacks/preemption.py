@@ -86,11 +86,11 @@ class Preemption(pl.Callback):
                            *args) -> None:
         # The checkpoint is written where Lightning's periodic ones are, at an iteration's
         # end: its loop bookkeeping on resume assumes that position.
-        if self.exit_code is not None:
+        if self.exit_code is not None or not self.signals:
             return
         signum = self._agreed_signal(trainer, pl_module.device)
-        if not signum:
-            return
+        if not signum or 0 < trainer.max_steps <= trainer.global_step:
+            return  # nothing, or the run is complete anyway: no requeue
         checkpoint = next((callback for callback in trainer.checkpoint_callbacks
                            if isinstance(callback, ModelCheckpoint) and callback.save_last), None)
         if checkpoint is None or checkpoint.dirpath is None:

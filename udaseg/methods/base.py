@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from udaseg.inference import Inference
 from udaseg.losses import segmentation_cross_entropy, upsample_logits
 from udaseg.methods.checkpointing import CheckpointState
 from udaseg.methods.evaluation import SegmentationEvaluation
@@ -84,6 +85,8 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, pl.LightningModule, abc
             "skip" drops the iteration's update instead (no optimiser step, no EMA update;
             the forward's BN running statistics are kept), counted in `skipped_iterations`
             and logged as `train/skipped_iterations`. Ranks decide together under DDP.
+        inference: test-time options of validation, test and predict (flip, scales, sliding
+            windows; `udaseg.inference.Inference`); the whole image once by default.
     """
 
     #: Whether every training batch must carry a target batch; checked once, in the loop.
@@ -105,6 +108,7 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, pl.LightningModule, abc
         bn_stats: Literal["batch", "frozen"] = "batch",
         adaptation_warmup: int = 0,
         nonfinite_loss: Literal["stop", "skip"] = "stop",
+        inference: Inference = Inference(),
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -122,6 +126,8 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, pl.LightningModule, abc
         # Typed copies: under the CLI `hparams` holds these as plain dicts.
         self.optim_config = optim
         self.weights_config = weights
+        self.inference_config = inference if isinstance(inference, Inference) else \
+            Inference(**inference)
         self.segmenter = self.build_segmenter()
         unknown = sorted(set(head_weights) - set(self.segmenter.heads)) if head_weights else []
         if unknown:

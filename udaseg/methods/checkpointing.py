@@ -80,9 +80,11 @@ class CheckpointState:
         own_segmenter = type(self.segmenter).__name__
         if classes is not None and classes != self.num_classes:
             problem = f"was trained for {classes} classes, this run has {self.num_classes}"
-        else:
+        elif any(key.startswith("segmenter.") for key in missing + unexpected + reshaped):
             problem = (f"holds another network ({segmenter.rsplit('.', 1)[-1]}) than this "
                        f"run's {own_segmenter}")
+        else:
+            problem = "was trained with other model settings than this run's"
         details = [f"{len(items)} {what}, e.g. {describe(items[0])}"
                    for items, what, describe in (
                        (reshaped, "tensors of other shapes",

@@ -53,7 +53,7 @@ class Ensemble(UDAMethod):
     def adaptation_step(self, source: dict, target: Optional[dict]) -> dict[str, torch.Tensor]:
         raise RuntimeError("Ensemble is for `udaseg validate` / `udaseg test` only")
 
-    def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def logits_at(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Log of the weighted mean of the members' softmax outputs.
 
         A log-probability is a valid logit: its argmax is the ensemble's prediction and its

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from udaseg.inference import infer_logits
 from udaseg.losses import upsample_logits
 from udaseg.metrics import ConfusionMatrix, summarize
 from udaseg.models import MAIN
@@ -14,12 +15,18 @@ from udaseg.models import MAIN
 
 class SegmentationEvaluation:
     """Validation, test and predict steps of `UDAMethod` (a mixin of that LightningModule: it
-    reads the method's `segmenter`, `val_confusion`/`test_confusion`, `class_names` and
+    reads the method's `segmenter`, `inference_config`, `val_confusion`/`test_confusion`,
+    `class_names` and
     `eval_subsets`, and fills `eval_results` and `eval_confusion`)."""
 
-    def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Main-classifier logits upsampled to `size` (the label resolution in evaluation)."""
+    def logits_at(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Main-classifier logits of `images` upsampled to `size`: one network pass."""
         return upsample_logits(self.segmenter(images)[MAIN], size)
+
+    def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Logits at `size` (the label resolution in evaluation) under the method's test-time
+        options (`inference`: flip, scales, sliding windows); plain `logits_at` by default."""
+        return infer_logits(self.logits_at, images, size, self.inference_config)
 
     def _evaluate_batch(self, batch: dict, confusion: ConfusionMatrix) -> None:
         labels = batch["label"]
