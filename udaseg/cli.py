@@ -54,6 +54,10 @@ def command_line_configs(arguments: Sequence[str]) -> list[Path]:
     return files
 
 
+#: Keys whose `.yaml` values are data files a component reads itself, not config includes.
+DATA_FILE_KEYS = ("label_space",)
+
+
 def missing_includes(config_file: Path, _seen: Optional[set] = None) -> list[str]:
     """Problems with the files `config_file` includes (any `*.yaml` value, `config:` included),
     recursively; each says which file names which key and the path it resolved to.
@@ -79,7 +83,8 @@ def missing_includes(config_file: Path, _seen: Optional[set] = None) -> list[str
         elif isinstance(node, list):
             for index, value in enumerate(node):
                 yield from includes(value, f"{key}[{index}]")
-        elif isinstance(node, str) and node.endswith((".yaml", ".yml")):
+        elif isinstance(node, str) and node.endswith((".yaml", ".yml")) and \
+                not key.endswith(DATA_FILE_KEYS):
             yield key, node
 
     problems = []
