@@ -296,6 +296,11 @@ def main(args: Optional[list[str]] = None) -> None:
 
     Returns None: the console script would turn a returned object into exit code 1.
     """
+    arguments = sys.argv[1:] if args is None else args
+    if arguments[:1] == ["report"]:       # `udaseg report RUN_DIR ...`: tables and figures
+        from udaseg.compare import main as report
+        report(arguments[1:])
+        return
     try:
         # Methods build their own optimisers (several, with poly LR): no --optimizer options.
         UDASegCLI(UDAMethod, UDADataModule, subclass_mode_model=True,

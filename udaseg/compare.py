@@ -1,7 +1,9 @@
 """Compare runs: mean ± std of mIoU and per-class IoU over the seeds of each configuration.
 
-    python -m udaseg.compare runs/ --stage test [--per-class] [--markdown]
-    python -m udaseg.compare runs/synthetic/advent --stage val
+    udaseg report runs/ --stage test [--per-class] [--format markdown|latex|csv] [--best]
+    udaseg report runs/synthetic/advent runs/synthetic/clan --stage val --plots figures/
+
+(`python -m udaseg.compare` is the same command.)
 
 Reads every `<stage>_metrics.json` under the given folder (a logger's `save_dir`, one run
 name's folder of versions, or a single version) and the `config.yaml` next to it. Versions are
@@ -17,13 +19,14 @@ whose runs stopped at different iterations is reported on stderr.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 from rich.console import Console
@@ -48,6 +51,8 @@ class Run:
     iteration: int
     config: dict[str, str]          # flattened, bookkeeping removed, values as JSON text
     metrics: dict[str, float]
+    folder: Path = Path()           # the version folder (metrics.csv, config.yaml)
+    confusion: Optional[list[list[int]]] = None   # rows: ground truth, columns: prediction
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -90,12 +95,13 @@ def collect(root: Path, stage: str) -> list[Run]:
         else:                                    # root is a save_dir: names may be nested
             name = str(version.parent.relative_to(root))
         metrics = json.loads(path.read_text())
-        metrics.pop(CONFUSION_KEY, None)
+        confusion = metrics.pop(CONFUSION_KEY, None)
         config_file = version / "config.yaml"
         config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
         runs.append(Run(name=name, command=str(metrics.pop("command", "fit")),
                         iteration=int(metrics.pop("iteration", -1)),
-                        config=experiment(config or {}), metrics=metrics))
+                        config=experiment(config or {}), metrics=metrics, folder=version,
+                        confusion=confusion))
     if not runs:
         raise FileNotFoundError(f"no {stage}_metrics.json under {root} (a folder of runs, of "
                                 "one run's versions, or a version)")
@@ -137,46 +143,126 @@ def warn_mixed_iterations(runs: Sequence[Run]) -> None:
 
 
 def mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def summarize(groups: dict[str, list[Run]],
-              per_class: bool) -> tuple[list[str], list[list[str]]]:
-    """Column names and rows (run, seeds, metric columns) of the comparison."""
+def validation_history(run: Run) -> list[tuple[int, dict[str, float]]]:
+    """(iteration, metrics) of every validation in the run's metrics.csv (CSV logger), in
+    order; [] without one. Lightning logs the validation after iteration i as step i - 1."""
+    path = run.folder / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as stream:
+        rows = [row for row in csv.DictReader(stream) if row.get("val/mIoU")]
+    return [(int(float(row["step"])) + 1,
+             {key.removeprefix("val/"): float(value) for key, value in row.items()
+              if key.startswith("val/") and value != ""}) for row in rows]
+
+
+def best_validation(runs: Sequence[Run]) -> list[Run]:
+    """Each run's validation with the highest mIoU, as a Run (iteration: where it was). Picking
+    it looks at target labels: an oracle selection, reported as such."""
+    best = []
+    for run in runs:
+        history = validation_history(run)
+        if history:
+            iteration, metrics = max(history, key=lambda item: item[1]["mIoU"])
+            best.append(Run(run.name, run.command, iteration, run.config, metrics, run.folder))
+    return best
+
+
+def summarize(groups: dict[str, list[Run]], per_class: bool,
+              best: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Column names and rows (run, seeds, iterations, metric columns) of the comparison; with
+    `best`, each row is followed by its runs' best validations (labelled oracle)."""
     first = next(iter(groups.values()))[0].metrics
     keys = [key for key in first if per_class or not key.startswith("IoU/")]
-    header = ["run", "seeds"] + [key.removeprefix("IoU/") for key in keys]
-    rows = [[label, str(len(members))]
-            + [mean_std([run.metrics[key] for run in members if key in run.metrics])
-               for key in keys]
-            for label, members in groups.items()]
+    header = ["run", "seeds", "iterations"] + [key.removeprefix("IoU/") for key in keys]
+
+    def row(label: str, members: Sequence[Run]) -> list[str]:
+        iterations = sorted({run.iteration for run in members})
+        return ([label, str(len(members)), "/".join(map(str, iterations))]
+                + [mean_std([run.metrics[key] for run in members if key in run.metrics])
+                   for key in keys])
+
+    rows = []
+    for label, members in groups.items():
+        rows.append(row(label, members))
+        chosen = best_validation(members) if best else []
+        if chosen:
+            rows.append(row(f"{label} [best val checkpoint: oracle]", chosen))
     return header, rows
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Compare udaseg runs (mean ± std over seeds).")
-    parser.add_argument("root", type=Path, help="runs/, runs/<name>, or one version folder")
-    parser.add_argument("--stage", default="test", choices=["val", "test"])
-    parser.add_argument("--per-class", action="store_true", help="add per-class IoU columns")
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    args = parser.parse_args(argv)
-    runs = collect(args.root, args.stage)
-    warn_mixed_iterations(runs)
-    header, rows = summarize(group(runs), args.per_class)
-    if args.markdown:
+def latex_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A booktabs tabular (`\\usepackage{booktabs}`), ± as $\\pm$."""
+    def cell(text: str) -> str:
+        for character in "\\&%$#_{}":
+            text = text.replace(character, "\\" + character)
+        return text.replace(" ± ", r" $\pm$ ")
+
+    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+             " & ".join(map(cell, header)) + r" \\", r"\midrule"]
+    lines += [" & ".join(map(cell, row)) + r" \\" for row in rows]
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"])
+
+
+def render(header: Sequence[str], rows: Sequence[Sequence[str]], form: str,
+           title: str) -> None:
+    if form == "markdown":
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for row in rows:
             print("| " + " | ".join(row) + " |")
-        return
-    table = Table(title=f"{args.stage} metrics (mean ± std over seeds)")
-    for column in header:
-        table.add_column(column, justify="left" if column == "run" else "right")
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
+    elif form == "latex":
+        print(latex_table(header, rows))
+    elif form == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerows([header, *rows])
+    else:
+        table = Table(title=title)
+        for column in header:
+            table.add_column(column, justify="left" if column == "run" else "right",
+                             overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="udaseg report", description="Compare udaseg runs (mean ± std over seeds).")
+    parser.add_argument("roots", type=Path, nargs="+",
+                        help="runs/, runs/<name>, or one version folder (several allowed)")
+    parser.add_argument("--stage", default="test", choices=["val", "test"])
+    parser.add_argument("--per-class", action="store_true", help="add per-class IoU columns")
+    parser.add_argument("--format", default="table", dest="form",
+                        choices=["table", "markdown", "latex", "csv"])
+    parser.add_argument("--markdown", action="store_const", const="markdown", dest="form",
+                        help="same as --format markdown")
+    parser.add_argument("--best", action="store_true",
+                        help="add each row's best validation (from metrics.csv; an oracle "
+                             "selection, labelled so)")
+    parser.add_argument("--plots", type=Path, metavar="DIR",
+                        help="write PNG figures (curves, per-class bars, confusion matrices)")
+    args = parser.parse_args(argv)
+    runs = [run for root in args.roots for run in collect(root, args.stage)]
+    warn_mixed_iterations(runs)
+    groups = group(runs)
+    header, rows = summarize(groups, args.per_class, args.best)
+    render(header, rows, args.form, f"{args.stage} metrics (mean ± std over seeds)")
+    if args.plots is not None:
+        try:                                  # matplotlib only when figures are asked for
+            from udaseg.plots import write_plots
+        except ModuleNotFoundError as error:
+            raise SystemExit(f"udaseg report --plots needs matplotlib ({error}): pip install "
+                             "-e '.[plots]'") from None
+        for path in write_plots(groups, args.stage, args.plots):
+            print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
