@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 import wandb
 import yaml
 
-from tests.helpers import rgb_image, run_dir, write_config, write_rgb
+from tests.helpers import REPO, rgb_image, run_dir, write_config, write_rgb
 from udaseg.cli import main
 from udaseg.data.streams import SameSizeBatchSampler
 
@@ -204,3 +205,40 @@ def test_validate_names_its_entropy_map_after_the_checkpoints_iterations(tmp_pat
     assert json.loads((validated / "val_metrics.json").read_text())["iteration"] == 2
     assert [path.name for path in (validated / "entropy_maps").iterdir()] == [
         "iteration_0000002.png"]
+
+
+def test_wandb_run_holds_iou_tables_prediction_panels_config_and_commit(tmp_path):
+    config = write_config(tmp_path, max_steps=2)
+    main(["fit", "--config", str(config),
+          "--trainer.logger", "pytorch_lightning.loggers.WandbLogger",
+          "--trainer.logger.offline", "true", "--trainer.logger.project", "udaseg-test",
+          "--trainer.logger.save_dir", str(tmp_path / "wb"),
+          "--trainer.callbacks+=udaseg.callbacks.EntropyMaps",
+          "--trainer.callbacks.num_images=2",
+          "--trainer.callbacks+=udaseg.callbacks.WandbReport"])
+    wandb.finish()
+    run = next((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    media = run / "files" / "media"
+    tables = [json.loads(path.read_text()) for path in (media / "table" / "val").iterdir()]
+    assert len(tables) == 1 and tables[0]["columns"] == ["class", "IoU"]
+    assert [row[0] for row in tables[0]["data"]][:3] == ["road", "sidewalk", "building"]
+    # 2 images, each with a prediction and a ground-truth mask (mask files are stored once
+    # per content), and 2 entropy maps.
+    assert list((media / "images" / "mask" / "val").glob("predictions_*.mask.png"))
+    panels = [path.name for path in (media / "images" / "val").iterdir()]
+    assert sum(bool(re.match(r"predictions_\d+_", name)) for name in panels) == 2
+    assert sum(bool(re.match(r"entropy_\d+_", name)) for name in panels) == 2
+    assert sum(bool(re.match(r"entropy_maps_\d+_", name)) for name in panels) == 1
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    expected = [f'"git_commit":"{commit}"'.encode(),
+                b"udaseg.methods.SourceOnly",                    # the resolved config
+                b'"ground_truth":{"_type":"mask"',               # the masks ...
+                b"val/predictions_wandb_delimeter_prediction"]   # ... and their class labels
+    run_file = next(run.glob("run-*.wandb"))
+    deadline = time.monotonic() + 30         # wandb's service may still be writing the file
+    while not all(needle in run_file.read_bytes() for needle in expected) and \
+            time.monotonic() < deadline:
+        time.sleep(0.2)
+    run_data = run_file.read_bytes()
+    assert [needle for needle in expected if needle not in run_data] == []

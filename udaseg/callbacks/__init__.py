@@ -6,6 +6,7 @@ from udaseg.callbacks.prediction_writer import PredictionWriter
 from udaseg.callbacks.preemption import Preemption
 from udaseg.callbacks.progress import IterationProgressBar
 from udaseg.callbacks.snapshots import Snapshots
+from udaseg.callbacks.wandb_report import WandbReport
 
 __all__ = ["EntropyMaps", "IoUReport", "IterationProgressBar", "Preemption", "PredictionWriter",
-           "Snapshots"]
+           "Snapshots", "WandbReport"]

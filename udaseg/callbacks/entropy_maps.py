@@ -13,8 +13,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.loggers import WandbLogger
 
 from udaseg.callbacks.files import run_directory, write_png_atomic
+from udaseg.data.classes import IGNORE_INDEX
 from udaseg.data.transforms import denormalize
 from udaseg.losses import entropy_map
 from udaseg.visualize import colorize, heatmap, legend, title_row
@@ -33,9 +35,11 @@ class EntropyMaps(pl.Callback):
     def __init__(self, num_images: int = 4) -> None:
         self.num_images = num_images
         self._rows: list[np.ndarray] = []
+        # (input, prediction, ground truth, entropy heat map) per image, for W&B's panels.
+        self._panels: list[tuple[np.ndarray, ...]] = []
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self._rows = []
+        self._rows, self._panels = [], []
 
     @torch.no_grad()
     def on_validation_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule,
@@ -58,9 +62,11 @@ class EntropyMaps(pl.Callback):
         for index in range(len(images)):
             truth = labels[index].cpu().numpy().astype(np.uint8)
             truth = cv2.resize(truth, size[::-1], interpolation=cv2.INTER_NEAREST)
+            entropy_image = heatmap(entropy[index])
             self._rows.append(np.concatenate(
-                [inputs[index], colorize(predictions[index], data.palette),
-                 heatmap(entropy[index]), colorize(truth, data.palette)], axis=1))
+                [inputs[index], colorize(predictions[index], data.palette), entropy_image,
+                 colorize(truth, data.palette)], axis=1))
+            self._panels.append((inputs[index], predictions[index], truth, entropy_image))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if not self._rows or trainer.sanity_checking or not trainer.is_global_zero:
@@ -75,3 +81,18 @@ class EntropyMaps(pl.Callback):
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="val/entropy_maps", images=[figure], step=module.iteration)
+            if isinstance(logger, WandbLogger):
+                self._log_wandb_panels(logger, module)
+
+    def _log_wandb_panels(self, logger: WandbLogger, module: pl.LightningModule) -> None:
+        """Each input with its prediction and ground truth as W&B segmentation masks (class
+        names on hover, toggled in the UI), and its entropy map."""
+        labels = {index: name for index, name in enumerate(module.class_names)}
+        labels[IGNORE_INDEX] = "ignore"
+        masks = [{"prediction": {"mask_data": prediction, "class_labels": labels},
+                  "ground_truth": {"mask_data": truth, "class_labels": labels}}
+                 for _, prediction, truth, _ in self._panels]
+        logger.log_image(key="val/predictions", images=[panel[0] for panel in self._panels],
+                         masks=masks, step=module.iteration)
+        logger.log_image(key="val/entropy", images=[panel[3] for panel in self._panels],
+                         step=module.iteration)
