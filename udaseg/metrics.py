@@ -28,11 +28,17 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
     if predictions.shape != labels.shape:
         raise ValueError(f"predictions {tuple(predictions.shape)} and labels "
                          f"{tuple(labels.shape)} must have the same shape")
-    labels = labels.reshape(-1).long()
-    predictions = predictions.reshape(-1).long()
+    labels = labels.reshape(-1)
+    predictions = predictions.reshape(-1)
     valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
-    flat = labels[valid] * num_classes + predictions[valid]
-    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+    # One pass of narrow integer arithmetic instead of compacting the valid pixels (a boolean
+    # index copies them): uncounted pixels go to an extra bin that is dropped. Measured at
+    # 2048x1024 in benchmarks/eval_speed.py (README, "Speed").
+    bins = num_classes * num_classes
+    dtype = torch.int16 if bins < torch.iinfo(torch.int16).max else torch.int64
+    flat = labels.to(dtype) * num_classes + predictions.to(dtype)
+    flat = torch.where(valid, flat, bins)
+    return torch.bincount(flat, minlength=bins + 1)[:bins].reshape(num_classes, num_classes)
 
 
 def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:
