@@ -96,7 +96,7 @@ def test_the_example_overlay_adapts_the_built_in_source_to_a_users_folder(tmp_pa
                  rng.integers(0, 9, (64, 96)).astype(np.uint8))
     monkeypatch.chdir(REPO)          # the overlay's label_space path is relative to the repo
     main(["fit", "--config", "configs/synthetic/source_only.yaml",
-          "--config", "configs/synthetic/my_target.yaml",
+          "--config", "configs/synthetic/user/my_target.yaml",
           "--data.target.init_args.root", str(root), "--data.val.init_args.root", str(root),
           "--trainer.max_steps", "2", "--trainer.callbacks", "null",
           "--trainer.enable_progress_bar", "false", "--data.num_workers", "0",
