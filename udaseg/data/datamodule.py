@@ -128,6 +128,9 @@ class UDADataModule(pl.LightningDataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
+    def _iteration(self) -> int:
+        return 0 if self.trainer is None else int(self.trainer.global_step)
+
     def stream_batch_sizes(self) -> dict[str, int]:
         sizes = {"source": self.batch_size}
         if self.target is not None:
@@ -137,15 +140,14 @@ class UDADataModule(pl.LightningDataModule):
     def stream_draws(self) -> dict[str, int]:
         """Samples each training stream of this rank has drawn so far (every iteration draws
         one batch of each; ranks draw alike)."""
-        step = 0 if self.trainer is None else int(self.trainer.global_step)
-        return {key: self._resumed_draws.get(key, 0) + (step - self._resumed_step) * size
+        iterations = self._iteration() - self._resumed_step
+        return {key: self._resumed_draws.get(key, 0) + iterations * size
                 for key, size in self.stream_batch_sizes().items()}
 
     def state_dict(self) -> dict:
         """Checkpointed: where the training streams stand, for an exact resume."""
         _, world_size = self._rank_and_world()
-        step = 0 if self.trainer is None else int(self.trainer.global_step)
-        return {"stream_draws": self.stream_draws(), "iteration": step,
+        return {"stream_draws": self.stream_draws(), "iteration": self._iteration(),
                 "world_size": world_size}
 
     def load_state_dict(self, state: dict) -> None:
