@@ -6,7 +6,8 @@ on the last checkpoint, then mean ± std with `udaseg.compare`.
         --seeds 0 1 2 --jobs 2 --out runs/synthetic_table
 
 Two-stage methods start from the first stage's run of the same seed: `--methods tufl cim
---init-from cim=tufl`.
+--init-from cim=tufl`. Other settings of every run: `--set trainer.precision=bf16-mixed
+--suffix _bf16` (each run is then named `<method>_bf16`, so both variants share one table).
 
 With --jobs 2 each run gets one thread (2 cores: for the v1 network two single-threaded runs
 beat one two-threaded run). For v2's EfficientNet-Lite0 use --jobs 1: measured, two
@@ -76,6 +77,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=["source_only", "oracle", "minent",
                                                           "advent"])
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="CLI overrides for every fit and test, e.g. "
+                             "trainer.precision=bf16-mixed")
+    parser.add_argument("--suffix", default="",
+                        help="appended to each run's name (runs of other --set values)")
     parser.add_argument("--benchmark", default="synthetic",
                         help="config folder under configs/ (synthetic, synthetic_v2)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -92,11 +98,14 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
     stage_one = dict(pair.split("=", 1) for pair in args.init_from)
 
+    overrides = [part for pair in args.set for part in (f"--{pair.split('=', 1)[0]}",
+                                                         pair.split("=", 1)[1])]
+
     def extra(method: str, seed: int) -> list[str]:
         if method not in stage_one:
-            return []
-        checkpoint = last_checkpoint(stage_one[method], seed, args.out)
-        return ["--model.init_args.weights.init_checkpoint", str(checkpoint)]
+            return overrides
+        checkpoint = last_checkpoint(stage_one[method] + args.suffix, seed, args.out)
+        return [*overrides, "--model.init_args.weights.init_checkpoint", str(checkpoint)]
 
     phases = [[(method, seed) for seed in args.seeds for method in args.methods
                if (method in stage_one) == later] for later in (False, True)]
@@ -104,9 +113,11 @@ def main() -> None:
         for work in phases:
             if args.test_only:
                 list(pool.map(lambda item: test(*item, args.out, threads,
+                                                name=item[0] + args.suffix,
                                                 extra=extra(*item), configs=configs), work))
                 continue
             for line in pool.map(lambda item: run(*item, args.out, threads,
+                                                  name=item[0] + args.suffix,
                                                   extra=extra(*item), configs=configs), work):
                 print(line, flush=True)
     from udaseg.compare import main as compare
