@@ -173,7 +173,10 @@ def test_clean_logits_are_warped_into_the_strong_frame():
                      shadow_intensity=None, noise_sd=None, blur_radius=None, equalize_p=0.0)
     batch, _, _ = next(iter(data(off).train_dataloader()))
     method = tufl(segmenter=PixelSegmenter, class_weights="none")
-    clean, strong, in_frame = method.target_predictions(batch["target"])
+    strong_images, theta = method.strong_view(batch["target"])
+    clean, strong, in_frame = method.target_predictions(
+        method.segmenter(batch["target"]["image"]), method.segmenter(strong_images), theta,
+        tuple(strong_images.shape[-2:]))
     assert in_frame.float().mean() > 0.3
     frame = in_frame.unsqueeze(1).expand_as(clean["main"])
     assert torch.allclose(clean["main"][frame], strong["main"][frame], atol=1e-4)

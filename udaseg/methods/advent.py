@@ -35,8 +35,7 @@ class MinEnt(UDAMethod):
         super().__init__(**kwargs)
 
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
-        _, losses = self.supervised_step(source)
-        target_outputs = self.segmenter(target["image"])
+        _, losses, (target_outputs,) = self.supervised_step(source, target["image"])
         probabilities = level_probabilities(target_outputs, tuple(target["image"].shape[-2:]))
         entropy_total = 0.0
         for level, probability in probabilities.items():

@@ -7,7 +7,9 @@ This class owns that pattern, so a method only says which maps the discriminator
 1. `fool_discriminator(level, target_map)`: generator-side loss (BCE against the *source*
    label) with the discriminator frozen, so its parameters receive no gradient.
 2. `train_discriminators(source_maps, target_maps)`: BCE/2 on detached source maps (label 0)
-   and detached target maps (label 1), each through `manual_backward` (AMP-safe).
+   and detached target maps (label 1), each through `manual_backward` (AMP-safe); on the
+   fused fast path both maps go through the discriminator in one batch (it has no layer that
+   mixes images, so this is exact).
 
 Discriminators are stepped after the segmenter by the base loop, each with its own Adam and the
 same poly schedule (see `UDAMethod.configure_optimizers`).
@@ -23,6 +25,7 @@ from torch import nn
 
 from udaseg.losses import bce_with_constant
 from udaseg.methods.base import UDAMethod, level_probabilities
+from udaseg.methods.fast_path import paired_forward
 from udaseg.models import AUX, MAIN, FCDiscriminator, SegmenterOutput
 
 SOURCE_LABEL = 0.0
@@ -74,11 +77,12 @@ class AdversarialMethod(UDAMethod):
         """One discriminator update per level on detached maps; returns the losses for logging."""
         losses = {}
         for level, discriminator in self.discriminators.items():
-            source_loss = bce_with_constant(discriminator(source_maps[level].detach()),
-                                            SOURCE_LABEL) / 2
+            source_logits, target_logits = paired_forward(
+                discriminator, source_maps[level].detach(), target_maps[level].detach(),
+                fused=self.fast_path.fused_forward)
+            source_loss = bce_with_constant(source_logits, SOURCE_LABEL) / 2
             self.manual_backward(source_loss)
-            target_loss = bce_with_constant(discriminator(target_maps[level].detach()),
-                                            TARGET_LABEL) / 2
+            target_loss = bce_with_constant(target_logits, TARGET_LABEL) / 2
             self.manual_backward(target_loss)
             losses[f"disc_{level}"] = source_loss.detach() + target_loss.detach()
         return losses
@@ -119,9 +123,9 @@ class OutputSpaceAdversarial(AdversarialMethod):
 
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
         with self.frozen_discriminators():
-            source_outputs, losses = self.supervised_step(source)
-            target_maps = self.level_maps(self.segmenter(target["image"]),
-                                          tuple(target["image"].shape[-2:]))
+            source_outputs, losses, (target_outputs,) = self.supervised_step(source,
+                                                                             target["image"])
+            target_maps = self.level_maps(target_outputs, tuple(target["image"].shape[-2:]))
             adversarial_total = 0.0
             for level in self.discriminators:
                 losses[f"adv_{level}"] = self.fool_discriminator(level, target_maps[level])

@@ -2,7 +2,8 @@
 
 A method subclasses `UDAMethod` and implements `adaptation_step(source, target)`, which computes
 its losses and calls `self.manual_backward` on each; everything else lives here. It usually
-starts with `supervised_step(source)` (source forward, supervised loss, backward).
+starts with `supervised_step(source, target["image"])` (source forward, supervised loss,
+backward, then the target forward; or all images in one forward on the fused fast path).
 
 Construction rule: the base saves every constructor argument of the whole class chain as
 hyperparameters first, then builds the segmenter and the discriminators, so builders and steps
@@ -30,6 +31,7 @@ from udaseg.inference import Inference
 from udaseg.losses import segmentation_cross_entropy, upsample_logits
 from udaseg.methods.checkpointing import CheckpointState
 from udaseg.methods.evaluation import SegmentationEvaluation
+from udaseg.methods.fast_path import FastPath, FastPathHooks, batched_forward, check_fast_path
 from udaseg.methods.optim import OptimConfig, poly_lr
 from udaseg.metrics import ConfusionMatrix
 from udaseg.models import (
@@ -57,7 +59,8 @@ def level_probabilities(outputs: SegmenterOutput,
 MAX_CONSECUTIVE_SKIPS = 20
 
 
-class UDAMethod(CheckpointState, SegmentationEvaluation, pl.LightningModule, abc.ABC):
+class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.LightningModule,
+                abc.ABC):
     """Base LightningModule of all methods (manual optimisation).
 
     Args:
@@ -87,6 +90,8 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, pl.LightningModule, abc
             and logged as `train/skipped_iterations`. Ranks decide together under DDP.
         inference: test-time options of validation, test and predict (flip, scales, sliding
             windows; `udaseg.inference.Inference`); the whole image once by default.
+        fast_path: speed switches (channels_last, fused forwards, torch.compile;
+            `udaseg.methods.fast_path.FastPath`), all off by default.
     """
 
     #: Whether every training batch must carry a target batch; checked once, in the loop.
@@ -109,6 +114,7 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, pl.LightningModule, abc
         adaptation_warmup: int = 0,
         nonfinite_loss: Literal["stop", "skip"] = "stop",
         inference: Inference = Inference(),
+        fast_path: FastPath = FastPath(),
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -128,12 +134,16 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, pl.LightningModule, abc
         self.weights_config = weights
         self.inference_config = inference if isinstance(inference, Inference) else \
             Inference(**inference)
+        self.fast_path = fast_path if isinstance(fast_path, FastPath) else FastPath(**fast_path)
+        check_fast_path(self.fast_path, bn_stats)
         self.segmenter = self.build_segmenter()
         unknown = sorted(set(head_weights) - set(self.segmenter.heads)) if head_weights else []
         if unknown:
             raise ValueError(f"model.init_args.head_weights names head(s) {unknown}, but "
                              f"{type(self.segmenter).__name__} has {list(self.segmenter.heads)}")
         self.discriminators = self.build_discriminators()
+        # Before any copy of the segmenter (a teacher) is made, so copies share the layout.
+        self.prepare_fast_path()
         self.val_confusion = ConfusionMatrix(num_classes, ignore_index)
         self.test_confusion = ConfusionMatrix(num_classes, ignore_index)
         # Latest evaluation results, read by callbacks (IoU table, result files).
@@ -259,11 +269,13 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, pl.LightningModule, abc
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         self.set_learning_rates(optimizers)
+        batch = self.in_layout(batch)
         target = batch.get("target")
         if target is None and self.needs_target:
             raise ValueError(f"{type(self).__name__} adapts to a target stream, but the training "
                              "batches have none: set data.target")
-        losses = self.adaptation_step(batch["source"], target)
+        with self.iteration_backward():
+            losses = self.adaptation_step(batch["source"], target)
         if self.nonfinite_terms(losses):
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
@@ -325,16 +337,30 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, pl.LightningModule, abc
         when the run has no target stream.
         """
 
-    def supervised_step(self, source: dict) -> tuple[SegmenterOutput, dict[str, torch.Tensor]]:
-        """Source forward, `supervised_loss`, backward: how every iteration starts.
+    def supervised_step(self, source: dict, *images: torch.Tensor
+                        ) -> tuple[SegmenterOutput, dict[str, torch.Tensor],
+                                   list[SegmenterOutput]]:
+        """Source forward, `supervised_loss`, backward, then the segmenter's outputs for each
+        further image batch (target images, strong views, mixed images): how every iteration
+        starts.
 
-        Returns the source outputs (methods reuse them, e.g. for discriminator maps) and the
-        loss terms for logging.
+        Separately (the official order) the source graph is freed by its backward before the
+        other batches go through the network, in the order given (which is the order BN
+        running statistics see them). On the fused path (`fast_path.fused_forward`) all
+        batches share one forward and the backward waits for the iteration's end.
+
+        Returns the source outputs (methods reuse them, e.g. for discriminator maps), the loss
+        terms for logging and the outputs of `images`, one per batch.
         """
-        outputs = self.segmenter(source["image"])
+        if self.fast_path.fused_forward:
+            outputs, *others = batched_forward(self.segmenter, [source["image"], *images])
+        else:
+            outputs = self.segmenter(source["image"])
         losses = self.supervised_loss(outputs, source["label"])
         self.manual_backward(losses["seg"])
-        return outputs, losses
+        if not self.fast_path.fused_forward:
+            others = [self.segmenter(batch) for batch in images]
+        return outputs, losses, others
 
     def source_pixel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of one level's (N, C, h, w) logits against (N, H, W) labels: cross-entropy.

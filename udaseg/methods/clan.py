@@ -26,6 +26,7 @@ from udaseg.losses import (
 )
 from udaseg.methods.adversarial import SOURCE_LABEL, TARGET_LABEL, AdversarialMethod
 from udaseg.methods.base import level_probabilities
+from udaseg.methods.fast_path import paired_forward
 from udaseg.models import MAIN, DualClassifierDeepLab, SegmenterFactory, SegmenterOutput
 from udaseg.models.dual_classifier import FIRST, SECOND
 
@@ -142,10 +143,10 @@ class CLAN(AdversarialMethod):
         return upsample_logits(self.discriminators["main"](probability),
                                tuple(probability.shape[-2:]))
 
-    def adversarial_loss(self, probability: torch.Tensor, label: float,
+    def adversarial_loss(self, logits: torch.Tensor, label: float,
                          alignment_map: torch.Tensor) -> torch.Tensor:
-        """BCE of D's verdict against `label`: plain in the pre-heat, map-weighted after it."""
-        logits = self.discriminate(probability)
+        """BCE of D's verdict (`discriminate`'s logits) against `label`: plain in the pre-heat,
+        map-weighted after it."""
         if not self.adaptive_weighting:
             return bce_with_constant(logits, label)
         return weighted_bce_with_constant(logits, label, alignment_map, self.hparams.epsilon,
@@ -161,16 +162,16 @@ class CLAN(AdversarialMethod):
         damping = self.damping
         source_size, target_size = (tuple(batch["image"].shape[-2:]) for batch in (source, target))
         with self.frozen_discriminators():
-            source_outputs, losses = self.supervised_step(source)
-
-            target_outputs = self.segmenter(target["image"])
+            source_outputs, losses, (target_outputs,) = self.supervised_step(source,
+                                                                             target["image"])
             first, second = (F.softmax(upsample_logits(target_outputs[head], target_size), dim=1)
                              for head in (FIRST, SECOND))
             alignment_map = local_alignment_map(first, second)
             target_probability = level_probabilities(target_outputs, target_size)[MAIN]
             generator_map = (alignment_map.detach() if hparams.detach_alignment_map
                              else alignment_map)
-            losses["adv"] = self.adversarial_loss(target_probability, SOURCE_LABEL, generator_map)
+            losses["adv"] = self.adversarial_loss(self.discriminate(target_probability),
+                                                  SOURCE_LABEL, generator_map)
             losses["weight_discrepancy"] = self.weight_discrepancy()
             # One backward for both generator terms (the official code does two; same gradient).
             self.manual_backward(damping * (
@@ -179,10 +180,12 @@ class CLAN(AdversarialMethod):
 
         with torch.no_grad():  # the discriminator sees detached maps only
             source_probability = level_probabilities(source_outputs, source_size)[MAIN]
-        losses["disc_source"] = bce_with_constant(self.discriminate(source_probability),
-                                                  SOURCE_LABEL)
+        source_logits, target_logits = paired_forward(
+            self.discriminate, source_probability, target_probability.detach(),
+            fused=self.fast_path.fused_forward)
+        losses["disc_source"] = bce_with_constant(source_logits, SOURCE_LABEL)
         self.manual_backward(losses["disc_source"])
-        losses["disc_target"] = self.adversarial_loss(target_probability.detach(), TARGET_LABEL,
+        losses["disc_target"] = self.adversarial_loss(target_logits, TARGET_LABEL,
                                                       alignment_map.detach())
         self.manual_backward(losses["disc_target"])
         losses["alignment_map"] = alignment_map.detach().mean()

@@ -16,8 +16,8 @@ from udaseg.models import MAIN
 class SegmentationEvaluation:
     """Validation, test and predict steps of `UDAMethod` (a mixin of that LightningModule: it
     reads the method's `segmenter`, `inference_config`, `val_confusion`/`test_confusion`,
-    `class_names` and
-    `eval_subsets`, and fills `eval_results` and `eval_confusion`)."""
+    `class_names`, `eval_subsets` and `in_layout`, and fills `eval_results` and
+    `eval_confusion`)."""
 
     def logits_at(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Main-classifier logits of `images` upsampled to `size`: one network pass."""
@@ -26,7 +26,7 @@ class SegmentationEvaluation:
     def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Logits at `size` (the label resolution in evaluation) under the method's test-time
         options (`inference`: flip, scales, sliding windows); plain `logits_at` by default."""
-        return infer_logits(self.logits_at, images, size, self.inference_config)
+        return infer_logits(self.logits_at, self.in_layout(images), size, self.inference_config)
 
     def _evaluate_batch(self, batch: dict, confusion: ConfusionMatrix) -> None:
         labels = batch["label"]

@@ -70,8 +70,7 @@ class MaxSquare(UDAMethod):
 
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
         hparams = self.hparams
-        _, losses = self.supervised_step(source)
-        target_outputs = self.segmenter(target["image"])
+        _, losses, (target_outputs,) = self.supervised_step(source, target["image"])
         probabilities = level_probabilities(target_outputs, tuple(target["image"].shape[-2:]))
         main_probability = probabilities[MAIN]
         if hparams.image_wise_weighting:

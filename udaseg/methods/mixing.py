@@ -213,13 +213,26 @@ class CrossDomainMixing(TUFL):
 
     # ----------------------------------------------------------------- iteration
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
-        _, losses = self.supervised_step(source)
         if self.hparams.lambda_ufl > 0:
-            focal = self.focal_loss(target, losses)
+            # CIM: the two TUFL views share the source forward; the mix comes after their loss,
+            # since its long-tail draw reads the thresholds that loss has just updated.
+            strong_images, theta = self.strong_view(target)
+            _, losses, (clean_outputs, strong_outputs) = self.supervised_step(
+                source, target["image"], strong_images)
+            focal = self.focal_loss(self.target_predictions(
+                clean_outputs, strong_outputs, theta, tuple(strong_images.shape[-2:])), losses)
             self.manual_backward(self.adaptation_weight * self.hparams.lambda_ufl * focal)
-        images, labels, pixel_weights = self.mixed_batch(source, target, losses)
+            images, labels, pixel_weights = self.mixed_batch(source, target, losses)
+            mixed_outputs = self.segmenter(images)
+        else:
+            # DACS: the mix needs only the teacher and explicit generators, so it is built first
+            # (no number changes) and the mixed batch can share the source forward.
+            statistics: dict[str, torch.Tensor] = {}
+            images, labels, pixel_weights = self.mixed_batch(source, target, statistics)
+            _, losses, (mixed_outputs,) = self.supervised_step(source, images)
+            losses.update(statistics)
         losses["mix"] = pixel_weighted_cross_entropy(
-            self.segmenter(images)[MAIN], labels, pixel_weights, self.loss_class_weights,
+            mixed_outputs[MAIN], labels, pixel_weights, self.loss_class_weights,
             self.ignore_index)
         self.manual_backward(self.adaptation_weight * self.hparams.lambda_mix * losses["mix"])
         return losses

@@ -40,7 +40,7 @@ from udaseg.losses import (
 )
 from udaseg.losses.consistency import FocalModulation
 from udaseg.methods.base import UDAMethod
-from udaseg.models import MAIN
+from udaseg.models import MAIN, SegmenterOutput
 
 torch.serialization.add_safe_globals([RandomAffine])
 
@@ -162,30 +162,35 @@ class TUFL(UDAMethod):
         theta = self.strong_affine.sample(strong.shape[0], generator)
         return warp(strong, theta), theta
 
-    def target_predictions(self, target: dict) -> tuple[dict[str, torch.Tensor],
-                                                        dict[str, torch.Tensor], torch.Tensor]:
-        """Both views through the segmenter, in the strong view's frame at the input size:
-        (clean logits warped per head, strong logits per head, (N, H, W) in-frame mask)."""
-        strong_images, theta = self.strong_view(target)
-        size = tuple(strong_images.shape[-2:])
-        clean_outputs = self.segmenter(target["image"])
-        strong_outputs = self.segmenter(strong_images)
+    def target_predictions(self, clean_outputs: SegmenterOutput, strong_outputs: SegmenterOutput,
+                           theta: torch.Tensor, size: tuple[int, int]
+                           ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                      torch.Tensor]:
+        """The segmenter's outputs of both views in the strong view's frame at the input
+        `size`: (clean logits warped by `theta` per head, strong logits per head, (N, H, W)
+        in-frame mask)."""
         # The main head always: the once-per-iteration threshold update reads it.
         heads = dict.fromkeys([MAIN, *self.loss_head_weights])
         clean = {head: warp(upsample_logits(clean_outputs[head], size), theta) for head in heads}
         strong = {head: upsample_logits(strong_outputs[head], size) for head in heads}
-        return clean, strong, in_frame_mask(theta, size, strong_images.device)
+        return clean, strong, in_frame_mask(theta, size, theta.device)
 
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
-        _, losses = self.supervised_step(source)
-        focal = self.focal_loss(target, losses)
+        strong_images, theta = self.strong_view(target)
+        _, losses, (clean_outputs, strong_outputs) = self.supervised_step(
+            source, target["image"], strong_images)
+        focal = self.focal_loss(self.target_predictions(
+            clean_outputs, strong_outputs, theta, tuple(strong_images.shape[-2:])), losses)
         self.manual_backward(self.adaptation_weight * self.hparams.lambda_ufl * focal)
         return losses
 
-    def focal_loss(self, target: dict, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`sum_head w_head * L_UFL(head)` of this target batch (thresholds updated first);
-        its terms, the selected share and the thresholds are added to `losses` for logging."""
-        clean_logits, strong_logits, in_frame = self.target_predictions(target)
+    def focal_loss(self, predictions: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                            torch.Tensor],
+                   losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`sum_head w_head * L_UFL(head)` of this target batch's `target_predictions`
+        (thresholds updated first); its terms, the selected share and the thresholds are
+        added to `losses` for logging."""
+        clean_logits, strong_logits, in_frame = predictions
         adaptive = self.hparams.threshold == "adaptive"
         per_head = self.hparams.threshold_updates == "per_head"
         clean_probs = {head: F.softmax(logits.detach().float(), dim=1)
