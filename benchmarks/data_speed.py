@@ -9,8 +9,9 @@ normalisation). Variants:
 * ``advent``:  ADVENT's GTA5 protocol, resize to 1280x720 (no crop) + horizontal flip;
 * ``crop``:    resize to 1280x720, random 512x1024 crop, horizontal flip.
 
-Prints median ms/image, images/s per worker and how many workers one stream needs to sustain
-``--target-its`` iterations/s at ``--batch-size`` images per iteration.
+Prints median ms/image, what each variant adds to the decode (the resize, crop, flip and
+normalisation cost per image), images/s per worker and how many workers one stream needs to
+sustain ``--target-its`` iterations/s at ``--batch-size`` images per iteration.
 
     python benchmarks/data_speed.py --iterations 30
 """
@@ -111,8 +112,10 @@ def main() -> None:
               f"label PNG {label_kb:.0f} KiB; {args.threads} thread(s); "
               f"{args.iterations} timed loads per variant")
         gta5 = GTA5(str(root))
-        print(f"{'variant':<8} {'median ms':>10} {'p90 ms':>8} {'img/s/worker':>13} "
+        print(f"{'variant':<8} {'median ms':>10} {'p90 ms':>8} {'+ms on decode':>14} "
+              f"{'img/s/worker':>13} "
               f"{'workers for ' + format(args.target_its, 'g') + ' it/s':>20}")
+        decode_median = None
         for name in args.variants:
             augmentation = VARIANTS[name]
             dataset = (gta5 if augmentation is None else
@@ -121,10 +124,15 @@ def main() -> None:
                 dataset.reseed(args.seed)
             times = sorted(time_variant(dataset, args.iterations, args.warmup))
             median = statistics.median(times)
+            if name == "decode":
+                decode_median = median
+            added = "" if decode_median is None or name == "decode" else \
+                f"{median - decode_median:+.1f}"
             p90 = times[min(len(times) - 1, int(0.9 * len(times)))]
             rate = 1000.0 / median
             workers = math.ceil(args.target_its * args.batch_size / rate)
-            print(f"{name:<8} {median:>10.1f} {p90:>8.1f} {rate:>13.2f} {workers:>20d}")
+            print(f"{name:<8} {median:>10.1f} {p90:>8.1f} {added:>14} {rate:>13.2f} "
+                  f"{workers:>20d}")
         print("workers are per stream (source and target each have num_workers); the target "
               "stream (Cityscapes 2048x1024) needs its own.")
 

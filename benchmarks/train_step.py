@@ -1,11 +1,22 @@
-"""Seconds per training iteration and peak memory for a method, backbone, resolution, precision
-and device. Prints numbers; it is not a test.
+"""Seconds per training iteration and peak memory for a method, backbone, resolution, precision,
+fast-path switches and device. Prints numbers; it is not a test.
 
     python benchmarks/train_step.py --method AdvEnt --depth 101 --source 256 512 --device cpu
     python benchmarks/train_step.py --method AdvEnt --source 720 1280 --target 512 1024 \
         --device cuda --precision bf16-mixed
     python benchmarks/train_step.py --method CrossDomainMixing \
         --init-args '{"teacher": "ema", "lambda_ufl": 0, "long_tail_p": 0}'     # DACS
+
+Several values of `--precision`, `--bn-stats`, `--channels-last`, `--fused` or `--compile` run
+every combination, each in a fresh process (its own peak memory, nothing cached from another),
+and print one table with each row's time as a ratio to the first row's:
+
+    python benchmarks/train_step.py --method AdvEnt --precision 32-true bf16-mixed \
+        --bn-stats batch frozen --channels-last off on --fused off on
+
+`--fused on` needs frozen BN (`--bn-stats frozen`); combinations with batch statistics are
+skipped. With frozen BN the random network's running statistics are first set from one batch,
+so that an uncalibrated ResNet-101 does not overflow.
 
 Target batches carry a strong view too (TUFL). Methods that read the source set when training
 starts get it through `--init-args` instead: TUFL's class weights default to 1 per class here,
@@ -19,15 +30,19 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import pytorch_lightning as pl
 import torch
 
 import udaseg.methods as methods
+from udaseg.methods.fast_path import FastPath
 from udaseg.models.segmenter import resolve_class
 
 
@@ -58,6 +73,66 @@ def random_batches(args: argparse.Namespace, num_classes: int):
                           "strong_image": torch.randn(args.batch_size, 3, *target_shape)}}
 
 
+SWITCHES = ("precision", "bn_stats", "channels_last", "fused", "compile")
+
+
+def calibrate_bn(segmenter: torch.nn.Module, batch: torch.Tensor) -> None:
+    """Running statistics of every BN layer set to those of `batch` (frozen-BN timing only)."""
+    layers = [module for module in segmenter.modules()
+              if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None   # cumulative average: one batch sets the statistics
+    segmenter.train()
+    with torch.no_grad():
+        segmenter(batch)
+    for layer, momentum in zip(layers, momenta, strict=True):
+        layer.momentum = momentum
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Time one combination in this process; the row of the table."""
+    method_class = getattr(methods, args.method)
+    extra = ({"discriminator_width": args.discriminator_width}
+             if issubclass(method_class, methods.AdversarialMethod) else {})
+    segmenter_class = (resolve_class(args.segmenter, "--segmenter") if args.segmenter
+                       else method_class.default_segmenter())
+    segmenter = functools.partial(segmenter_class, depth=args.depth, width=args.width)
+    if issubclass(method_class, methods.TUFL):   # no source set here to count classes on
+        extra["class_weights"] = [1.0] * args.num_classes
+    fast_path = FastPath(channels_last=args.channels_last == "on", fused_forward=args.fused == "on",
+                         compile=args.compile == "on")
+    method = method_class(num_classes=args.num_classes, segmenter=segmenter,
+                          bn_stats=args.bn_stats, fast_path=fast_path,
+                          **{**extra, **args.init_args})
+    if args.bn_stats == "frozen":
+        calibrate_bn(method.segmenter, torch.randn(max(2, args.batch_size), 3, *args.source))
+    timer = Timer(args.device)
+    trainer = pl.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
+                         precision=args.precision, max_steps=args.warmup + args.iterations,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, callbacks=[timer])
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.fit(method, train_dataloaders=random_batches(args, args.num_classes))
+    measured = timer.times[args.warmup:]
+    if args.device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {**{name: getattr(args, name) for name in SWITCHES},
+            "median": statistics.median(measured), "min": min(measured), "max": max(measured),
+            "peak_gib": peak, "segmenter": segmenter_class.__name__,
+            "threads": torch.get_num_threads()}
+
+
+def combinations(args: argparse.Namespace) -> list[dict]:
+    rows = [dict(zip(SWITCHES, values, strict=True)) for values in
+            itertools.product(*(getattr(args, name) for name in SWITCHES))]
+    return [row for row in rows if not (row["fused"] == "on" and row["bn_stats"] != "frozen")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", default="AdvEnt", help="class in udaseg.methods")
@@ -71,43 +146,77 @@ def main() -> None:
     parser.add_argument("--source", type=int, nargs=2, default=[256, 512], metavar=("H", "W"))
     parser.add_argument("--target", type=int, nargs=2, default=None, metavar=("H", "W"))
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--precision", nargs="+", default=["32-true"])
+    parser.add_argument("--bn-stats", nargs="+", default=["batch"], choices=["batch", "frozen"])
+    on_off = {"nargs": "+", "choices": ["off", "on"], "default": ["off"]}
+    parser.add_argument("--channels-last", **on_off)
+    parser.add_argument("--fused", **on_off, help="fused forwards (needs --bn-stats frozen)")
+    parser.add_argument("--compile", **on_off, help="torch.compile the networks")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--init-args", type=json.loads, default={},
                         help="JSON of further method arguments, e.g. CrossDomainMixing's "
                              '\'{"teacher": "ema"}\'')
+    parser.add_argument("--json", action="store_true",
+                        help="measure the one combination given and print it as JSON (what "
+                             "each row's process runs)")
     args = parser.parse_args()
 
-    method_class = getattr(methods, args.method)
-    extra = ({"discriminator_width": args.discriminator_width}
-             if issubclass(method_class, methods.AdversarialMethod) else {})
-    segmenter_class = (resolve_class(args.segmenter, "--segmenter") if args.segmenter
-                       else method_class.default_segmenter())
-    segmenter = functools.partial(segmenter_class, depth=args.depth, width=args.width)
-    if issubclass(method_class, methods.TUFL):   # no source set here to count classes on
-        extra["class_weights"] = [1.0] * args.num_classes
-    method = method_class(num_classes=args.num_classes, segmenter=segmenter,
-                          **{**extra, **args.init_args})
-    timer = Timer(args.device)
-    trainer = pl.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
-                         precision=args.precision, max_steps=args.warmup + args.iterations,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, callbacks=[timer])
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    trainer.fit(method, train_dataloaders=random_batches(args, args.num_classes))
-    measured = timer.times[args.warmup:]
-    if args.device == "cuda":
-        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU (allocated)"
-    else:
-        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS (process)"
-    print(f"{args.method} {segmenter_class.__name__} R{args.depth}/w{args.width} source "
-          f"{args.source} target {args.target or args.source} batch {args.batch_size} "
-          f"{args.precision} on {args.device} ({torch.get_num_threads()} threads): median "
-          f"{statistics.median(measured):.3f} s/iteration over {len(measured)} "
-          f"(min {min(measured):.3f}, max {max(measured):.3f}); peak {peak}")
+    if args.json:
+        for name in SWITCHES:
+            setattr(args, name, getattr(args, name)[0])
+        print("ROW " + json.dumps(measure(args)), flush=True)
+        return
+    rows = combinations(args)
+    if not rows:
+        parser.error("no combination left: --fused on needs --bn-stats frozen")
+    results = []
+    for row in rows:
+        command = [sys.executable, __file__, "--json", *row_arguments(row), *passthrough(args)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("ROW ")]
+        if done.returncode != 0 or not lines:
+            print(f"{row}: failed\n{done.stderr[-2000:]}", flush=True)
+            continue
+        results.append(json.loads(lines[-1][4:]))
+        print_row(results[-1], results[0], args, header=len(results) == 1)
+
+
+def row_arguments(row: dict) -> list[str]:
+    return [part for name, value in row.items()
+            for part in (f"--{name.replace('_', '-')}", str(value))]
+
+
+def passthrough(args: argparse.Namespace) -> list[str]:
+    """The settings every row shares, as command-line arguments."""
+    shared = ["--method", args.method, "--depth", str(args.depth), "--width", str(args.width),
+              "--num-classes", str(args.num_classes),
+              "--discriminator-width", str(args.discriminator_width),
+              "--source", *map(str, args.source), "--batch-size", str(args.batch_size),
+              "--device", args.device, "--warmup", str(args.warmup),
+              "--iterations", str(args.iterations), "--init-args", json.dumps(args.init_args)]
+    if args.target:
+        shared += ["--target", *map(str, args.target)]
+    if args.segmenter:
+        shared += ["--segmenter", args.segmenter]
+    return shared
+
+
+def print_row(result: dict, baseline: dict, args: argparse.Namespace, header: bool) -> None:
+    memory = "GPU GiB (allocated)" if args.device == "cuda" else "RSS GiB (process)"
+    if header:
+        print(f"{args.method} {result['segmenter']} R{args.depth}/w{args.width} source "
+              f"{args.source} target {args.target or args.source} batch {args.batch_size} on "
+              f"{args.device} ({result['threads']} threads); median of {args.iterations} "
+              f"iterations after {args.warmup} warm-up")
+        print(f"| precision | BN | channels_last | fused | compile | s/iteration | "
+              f"x first row | peak {memory} |")
+        print("|---|---|---|---|---|---|---|---|")
+    print(f"| {result['precision']} | {result['bn_stats']} | {result['channels_last']} | "
+          f"{result['fused']} | {result['compile']} | {result['median']:.3f} "
+          f"({result['min']:.3f}-{result['max']:.3f}) | "
+          f"{result['median'] / baseline['median']:.2f} | {result['peak_gib']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import TinyDataset
+from tests.helpers import TinyDataset, tiny_data
 from udaseg.data import (
     Augmentation,
     ImageLabelDataset,
@@ -149,3 +149,21 @@ def test_predict_batches_one_image_when_the_dataset_cannot_tell_its_sizes():
     data = UDADataModule(source=TinyDataset(3, "s"), predict=TinyDataset(3, "p"),
                          eval_batch_size=2)
     assert [batch["name"] for batch in data.predict_dataloader()] == [["p0"], ["p1"], ["p2"]]
+
+
+def test_loader_options_reach_every_dataloader():
+    """Pinning, persistent workers and prefetch (with workers) are what each loader gets."""
+    module = tiny_data(num_workers=2, pin_memory=True, persistent_workers=False,
+                       prefetch_factor=4)
+    module.predict = module.val
+    train = module.train_dataloader().iterables
+    loaders = [train["source"], train["target"], module.val_dataloader(),
+               module.test_dataloader(), module.predict_dataloader()]
+    for loader in loaders:
+        assert (loader.num_workers, loader.pin_memory, loader.persistent_workers,
+                loader.prefetch_factor) == (2, True, False, 4)
+    default = tiny_data(num_workers=1)
+    assert default.val_dataloader().persistent_workers
+    assert not tiny_data().val_dataloader().persistent_workers   # no workers: nothing to keep
+    with pytest.raises(ValueError, match="data.prefetch_factor must be >= 1"):
+        tiny_data(prefetch_factor=0)

@@ -46,6 +46,11 @@ class UDADataModule(pl.LightningDataModule):
             with a larger effective batch. target_batch_size defaults to the same.
         eval_batch_size: images per evaluation batch (per process).
         num_workers: DataLoader workers per stream.
+        pin_memory: page-locked batches, so host-to-GPU copies run asynchronously; None = when
+            CUDA is available.
+        persistent_workers: keep each loader's workers alive between passes (evaluation
+            loaders otherwise start new workers, and re-open their files, at every validation).
+        prefetch_factor: batches each worker prepares ahead; None = PyTorch's default (2).
         rare_class_sampling: draw source images by DAFormer's rare class sampling instead of
             uniform passes (`udaseg.data.RareClassSampling`); None = uniform.
         seed: shuffling and augmentation seed (also mixed with the stream and the rank).
@@ -70,6 +75,9 @@ class UDADataModule(pl.LightningDataModule):
         target_batch_size: Optional[int] = None,
         eval_batch_size: int = 1,
         num_workers: int = 0,
+        pin_memory: Optional[bool] = None,
+        persistent_workers: bool = True,
+        prefetch_factor: Optional[int] = None,
         seed: int = 0,
         rare_class_sampling: Optional[RareClassSampling] = None,
         target_strong_view: Optional[StrongView] = None,
@@ -93,6 +101,11 @@ class UDADataModule(pl.LightningDataModule):
         self.target_batch_size = target_batch_size or batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        if prefetch_factor is not None and prefetch_factor < 1:
+            raise ValueError(f"data.prefetch_factor must be >= 1, got {prefetch_factor}")
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
         self.seed = seed
         self.rare_class_sampling = rare_class_sampling
         self.target_strong_view = target_strong_view
@@ -160,6 +173,14 @@ class UDADataModule(pl.LightningDataModule):
         self._resumed_draws = dict(state.get("stream_draws", {}))
         self._resumed_step = int(state.get("iteration", 0))
 
+    def loader_options(self) -> dict:
+        """Worker, pinning and prefetch settings shared by every DataLoader of the module."""
+        options = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
+        if self.num_workers > 0:   # DataLoader refuses these without workers
+            options["persistent_workers"] = self.persistent_workers
+            options["prefetch_factor"] = self.prefetch_factor
+        return options
+
     def stream_loader(self, key: str, dataset: SegmentationDataset, augmentation: Augmentation,
                       batch_size: int, keep_label: bool,
                       strong_view: Optional[StrongView] = None) -> DataLoader:
@@ -170,11 +191,9 @@ class UDADataModule(pl.LightningDataModule):
         transformed.reseed(stream_seed * 997 + rank)
         sampler = self.stream_sampler(key, dataset, world_size, rank, stream_seed,
                                       start=self.stream_draws()[key])
-        return DataLoader(transformed, batch_size=batch_size, sampler=sampler,
-                          num_workers=self.num_workers, drop_last=True,
+        return DataLoader(transformed, batch_size=batch_size, sampler=sampler, drop_last=True,
                           generator=torch.Generator().manual_seed(stream_seed * 997 + rank),
-                          persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+                          **self.loader_options())
 
     def stream_sampler(self, key: str, dataset: SegmentationDataset, world_size: int, rank: int,
                        seed: int, start: int = 0) -> InfiniteShardedSampler:
@@ -237,8 +256,8 @@ class UDADataModule(pl.LightningDataModule):
             raise ValueError(f"no data.{key} set is configured")
         transformed = TransformedDataset(dataset, self.eval_augmentation, self.normalization)
         return DataLoader(transformed, batch_size=self.eval_batch_size,
-                          sampler=self.eval_sampler(transformed), num_workers=self.num_workers,
-                          shuffle=False, pin_memory=torch.cuda.is_available())
+                          sampler=self.eval_sampler(transformed), shuffle=False,
+                          **self.loader_options())
 
     def eval_sampler(self, dataset: TransformedDataset) -> Sampler[int]:
         """Every image exactly once, in order; under DDP each rank a disjoint part, even when
@@ -267,8 +286,7 @@ class UDADataModule(pl.LightningDataModule):
         sampler = self.eval_sampler(transformed)
         if not hasattr(self.predict, "image_sizes"):
             return DataLoader(transformed, batch_size=1, sampler=sampler,
-                              num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+                              **self.loader_options())
         batches = SameSizeBatchSampler(sampler, self.eval_batch_size,
                                        sizes=self.predict.image_sizes())
-        return DataLoader(transformed, batch_sampler=batches, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available())
+        return DataLoader(transformed, batch_sampler=batches, **self.loader_options())
