@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU checks for a lent device (one H100/H200), in one script of about 10 minutes; not
+# needed for CI and not yet run (no device was lent when it was written). Prints tables:
+#   1. paper resolution (GTA5 1280x720 source, Cityscapes 1024x512 target), R101, batch 1+1:
+#      fp32 against the fast path (bf16-mixed / 16-mixed, channels_last, compile) for AdvEnt,
+#      CLAN and MaxSquare: seconds per iteration and peak allocated memory;
+#   2. fused forwards at equal crops (512x1024 both), frozen BN;
+#   3. the GPU-marked tests (AMP with each optimiser, DDP with NCCL on one GPU) if present.
+# Fused forwards need source and target of one size, so they are not in table 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PAPER="--source 720 1280 --target 512 1024 --device cuda --warmup 3 --iterations 10"
+for method in AdvEnt CLAN MaxSquare; do
+  python benchmarks/train_step.py --method "$method" $PAPER \
+    --precision 32-true bf16-mixed 16-mixed --channels-last off on
+done
+python benchmarks/train_step.py --method AdvEnt $PAPER --precision bf16-mixed \
+  --channels-last on --compile off on
+python benchmarks/train_step.py --method AdvEnt --source 512 1024 --device cuda --warmup 3 \
+  --iterations 10 --precision bf16-mixed --bn-stats frozen --channels-last on --fused off on
+python -m pytest -q -p no:cacheprovider tests/test_fast_path.py tests/test_ddp.py
