@@ -13,6 +13,11 @@ Prints median ms/image, what each variant adds to the decode (the resize, crop, 
 normalisation cost per image), images/s per worker and how many workers one stream needs to
 sustain ``--target-its`` iterations/s at ``--batch-size`` images per iteration.
 
+Then the donors of CIM's long-tail pasting (`udaseg.data.ClassDonors`, ``crop`` variant): the
+ms the training thread waits per pasted class, prepared on demand (``donor_workers: 0``) and
+prepared ahead in one thread (``donor_workers: 1``) while the training step, simulated by a
+sleep of ``--step-ms``, runs.
+
     python benchmarks/data_speed.py --iterations 30
 """
 
@@ -30,7 +35,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from udaseg.data.donors import ClassDonors
 from udaseg.data.gta5 import GTA5
+from udaseg.data.rare_class_sampling import class_pixel_counts
 from udaseg.data.transforms import Augmentation, TransformedDataset
 
 VARIANTS = {
@@ -83,6 +90,26 @@ def time_variant(dataset, iterations: int, warmup: int) -> list[float]:
     return times
 
 
+def time_donors(gta5: GTA5, augmentation: Augmentation, normalization: str, workers: int,
+                requests: int, step_ms: float, seed: int) -> list[float]:
+    """ms the training thread spends in `ClassDonors.next` per request, cycling through the
+    classes present, with `step_ms` of (simulated) training between requests."""
+    counts = class_pixel_counts(gta5, len(gta5.class_names), progress=False)
+    classes = [c for c in range(counts.shape[1]) if counts[:, c].any()]
+    donors = ClassDonors(lambda: TransformedDataset(gta5, augmentation, normalization),
+                         lambda class_id: np.flatnonzero(counts[:, class_id] > 0), seed=seed,
+                         workers=workers)
+    donors.prefetch(classes)
+    times = []
+    for request in range(requests):
+        time.sleep(step_ms / 1000.0)
+        start = time.perf_counter()
+        donors.next(classes[request % len(classes)])
+        times.append((time.perf_counter() - start) * 1000.0)
+    donors.close()
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=1052)
@@ -97,6 +124,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="images per iteration")
     parser.add_argument("--threads", type=int, default=1,
                         help="OpenCV/torch threads (1 = what one DataLoader worker gets)")
+    parser.add_argument("--donor-requests", type=int, default=20,
+                        help="long-tail donors asked for per setting (0: skip)")
+    parser.add_argument("--step-ms", type=float, default=300.0,
+                        help="simulated training step between donor requests")
     parser.add_argument("--dir", default=None, help="where to write the tree (default: temp)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -135,6 +166,14 @@ def main() -> None:
                   f"{workers:>20d}")
         print("workers are per stream (source and target each have num_workers); the target "
               "stream (Cityscapes 2048x1024) needs its own.")
+        if args.donor_requests:
+            print(f"long-tail donors ({args.donor_requests} requests, crop variant, "
+                  f"{args.step_ms:g} ms simulated step between them): training-thread wait")
+            for workers in (0, 1):
+                times = sorted(time_donors(gta5, VARIANTS["crop"], args.normalization, workers,
+                                           args.donor_requests, args.step_ms, args.seed))
+                print(f"  donor_workers {workers}: median {statistics.median(times):.1f} ms, "
+                      f"max {times[-1]:.1f} ms per donor")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from tests.helpers import REPO, fit, run_dir, tiny_data, tiny_method, write_config
 from udaseg.checkpoint_io import SafeCheckpointIO
-from udaseg.data import InfiniteShardedSampler, RareClassSampler, RareClassSampling
+from udaseg.data import Augmentation, InfiniteShardedSampler, RareClassSampler, RareClassSampling
 from udaseg.data.photometric import StrongView
 from udaseg.methods import TUFL, AdvEnt, CrossDomainMixing
 
@@ -58,6 +58,11 @@ METHODS = {
              {"target_strong_view": StrongView()}),
     "dacs": (functools.partial(tiny_method, CrossDomainMixing, teacher="ema", lambda_mix=1.0,
                                lambda_ufl=0.0), {}),
+    # Long-tail pasting at every pair, donors prepared in a thread: the donor positions resume.
+    "long_tail": (functools.partial(tiny_method, CrossDomainMixing, teacher="ema",
+                                    lambda_ufl=0.0, long_tail_p=1.0),
+                  {"donor_workers": 1, "source_augmentation": Augmentation(crop=(16, 32)),
+                   "target_augmentation": Augmentation(crop=(16, 32))}),
 }
 
 

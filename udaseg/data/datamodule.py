@@ -19,13 +19,14 @@ from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from udaseg.data.base import SegmentationDataset, check_same_classes
 from udaseg.data.classes import IGNORE_INDEX
+from udaseg.data.donors import ClassDonors
 from udaseg.data.photometric import StrongView
 from udaseg.data.rare_class_sampling import RareClassSampler, RareClassSampling, class_pixel_counts
 from udaseg.data.streams import InfiniteShardedSampler, SameSizeBatchSampler
 from udaseg.data.transforms import Augmentation, Normalization, TransformedDataset
 
 # Distinct seed offsets so the source and target streams never share an order.
-_STREAM_SEEDS = {"source": 0, "target": 1}
+_STREAM_SEEDS = {"source": 0, "target": 1, "donors": 2}
 
 
 class UDADataModule(pl.LightningDataModule):
@@ -51,6 +52,9 @@ class UDADataModule(pl.LightningDataModule):
         persistent_workers: keep each loader's workers alive between passes (evaluation
             loaders otherwise start new workers, and re-open their files, at every validation).
         prefetch_factor: batches each worker prepares ahead; None = PyTorch's default (2).
+        donor_workers: threads preparing the source crops CIM's long-tail pasting cuts rare
+            classes from (`paste_donor`); None = 1 with `num_workers` > 0, else 0 (prepared
+            in the training process when asked for). The crops do not depend on it.
         rare_class_sampling: draw source images by DAFormer's rare class sampling instead of
             uniform passes (`udaseg.data.RareClassSampling`); None = uniform.
         seed: shuffling and augmentation seed (also mixed with the stream and the rank).
@@ -78,6 +82,7 @@ class UDADataModule(pl.LightningDataModule):
         pin_memory: Optional[bool] = None,
         persistent_workers: bool = True,
         prefetch_factor: Optional[int] = None,
+        donor_workers: Optional[int] = None,
         seed: int = 0,
         rare_class_sampling: Optional[RareClassSampling] = None,
         target_strong_view: Optional[StrongView] = None,
@@ -106,11 +111,14 @@ class UDADataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
+        if donor_workers is not None and donor_workers < 0:
+            raise ValueError(f"data.donor_workers must be >= 0, got {donor_workers}")
+        self.donor_workers = donor_workers
         self.seed = seed
         self.rare_class_sampling = rare_class_sampling
         self.target_strong_view = target_strong_view
         self._source_pixel_counts: Optional[np.ndarray] = None
-        self._donor_dataset: Optional[TransformedDataset] = None
+        self._donors: Optional[ClassDonors] = None
         # Draws each rank's training streams made before this fit (restored from a checkpoint)
         # and the iteration they were made by: where a resumed run's streams go on.
         self._resumed_draws: dict[str, int] = {}
@@ -158,13 +166,19 @@ class UDADataModule(pl.LightningDataModule):
                 for key, size in self.stream_batch_sizes().items()}
 
     def state_dict(self) -> dict:
-        """Checkpointed: where the training streams stand, for an exact resume."""
+        """Checkpointed: where the training streams stand, for an exact resume (the donor
+        positions of every rank: each rank pastes its own draws)."""
         _, world_size = self._rank_and_world()
+        donor_positions = [self._donors.state_dict() if self._donors is not None else {}]
+        if world_size > 1 and torch.distributed.is_initialized():
+            gathered: list = [None] * world_size
+            torch.distributed.all_gather_object(gathered, donor_positions[0])
+            donor_positions = gathered
         return {"stream_draws": self.stream_draws(), "iteration": self._iteration(),
-                "world_size": world_size}
+                "world_size": world_size, "donor_positions": donor_positions}
 
     def load_state_dict(self, state: dict) -> None:
-        _, world_size = self._rank_and_world()
+        rank, world_size = self._rank_and_world()
         if state.get("world_size", world_size) != world_size:
             rank_zero_warn(
                 f"resuming a run of {state['world_size']} processes with {world_size}: each "
@@ -172,6 +186,8 @@ class UDADataModule(pl.LightningDataModule):
                 "data order is not the one the original run would have seen")
         self._resumed_draws = dict(state.get("stream_draws", {}))
         self._resumed_step = int(state.get("iteration", 0))
+        donor_positions = state.get("donor_positions") or [{}]
+        self.donors.load_state_dict(donor_positions[rank % len(donor_positions)])
 
     def loader_options(self) -> dict:
         """Worker, pinning and prefetch settings shared by every DataLoader of the module."""
@@ -219,26 +235,32 @@ class UDADataModule(pl.LightningDataModule):
         per-class index of CIM's long-tail pasting; built once, with `source_pixel_counts`)."""
         return np.flatnonzero(self.source_pixel_counts()[:, class_id] > 0)
 
-    def paste_donor(self, class_id: int, generator: torch.Generator,
-                    max_tries: int = 10) -> Optional[dict]:
-        """A source training crop (source augmentation, "image" and "label") that contains
-        `class_id`, for long-tail pasting: a random image of the class, cropped anew until the
-        crop holds the class, at most `max_tries` times (the official code tries up to 1000
+    @property
+    def donors(self) -> ClassDonors:
+        """This rank's per-class donor streams (`udaseg.data.ClassDonors`), made on first use."""
+        if self._donors is None:
+            rank, _ = self._rank_and_world()
+            workers = self.donor_workers
+            if workers is None:
+                workers = 1 if self.num_workers > 0 else 0
+            self._donors = ClassDonors(
+                lambda: TransformedDataset(self.source, self.source_augmentation,
+                                           self.normalization, keep_label=True),
+                self.class_holders,
+                seed=(self.seed * 7919 + _STREAM_SEEDS["donors"]) * 997 + rank, workers=workers)
+        return self._donors
+
+    def paste_donor(self, class_id: int) -> Optional[dict]:
+        """The next source training crop (source augmentation, "image" and "label") that
+        contains `class_id`, for long-tail pasting: a random image of the class, cropped anew
+        until the crop holds the class, at most 10 times (the official code tries up to 1000
         times; DAFormer's rare-class crops 10). None when no source image has the class or no
-        crop caught it. All draws come from `generator`, so a seeded run pastes the same."""
-        holders = self.class_holders(class_id)
-        if holders.size == 0:
-            return None
-        if self._donor_dataset is None:
-            self._donor_dataset = TransformedDataset(self.source, self.source_augmentation,
-                                                     self.normalization, keep_label=True)
-        for _ in range(max_tries):
-            index = int(holders[int(torch.randint(holders.size, (), generator=generator))])
-            self._donor_dataset.reseed(int(torch.randint(2**31 - 1, (), generator=generator)))
-            item = self._donor_dataset[index]
-            if bool((item["label"] == class_id).any()):
-                return item
-        return None
+        crop caught it. Prepared ahead in `donor_workers` threads (`ClassDonors`)."""
+        return self.donors.next(class_id)
+
+    def teardown(self, stage: str) -> None:
+        if self._donors is not None:
+            self._donors.close()
 
     def train_dataloader(self) -> CombinedLoader:
         loaders = {"source": self.stream_loader("source", self.source, self.source_augmentation,

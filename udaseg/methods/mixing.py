@@ -33,6 +33,7 @@ from udaseg.losses import (
     pixel_weighted_cross_entropy,
     upsample_logits,
 )
+from udaseg.methods.long_tail import LONG_TAIL_CLASSMIX_DROP, LongTailPasting
 from udaseg.methods.tufl import TUFL
 from udaseg.models import MAIN
 
@@ -40,11 +41,9 @@ torch.serialization.add_safe_globals([MixPhotometric])
 
 #: `iteration_generator` stream of the mixing draws (TUFL's affine uses stream 0).
 MIX_STREAM = 1
-#: Fewer ClassMix classes when rare classes are pasted too (official: ceil(n/2) - 2, >= 1).
-LONG_TAIL_CLASSMIX_DROP = 2
 
 
-class CrossDomainMixing(TUFL):
+class CrossDomainMixing(LongTailPasting, TUFL):
     """`L = L_sup + adaptation_weight * (lambda_ufl * L_UFL + lambda_mix * L_mix)`.
 
     Defaults are CIM's; `configs/synthetic/dacs.yaml` shows DACS's settings.
@@ -118,6 +117,8 @@ class CrossDomainMixing(TUFL):
         super().on_train_start()
         datamodule = self.trainer.datamodule
         self.input_normalization = getattr(datamodule, "normalization", "imagenet")
+        if self.hparams.long_tail_p > 0:
+            self.prefetch_donors()
 
     def step_optimizers(self, optimizers: list) -> None:
         iteration = self.global_step
@@ -134,44 +135,6 @@ class CrossDomainMixing(TUFL):
             teacher_parameter.mul_(alpha).add_(parameter.detach(), alpha=1.0 - alpha)
 
     # ----------------------------------------------------------------- mixing
-    def long_tail_draw(self, generator: torch.Generator) -> list[int]:
-        """The rare classes to paste onto one source crop."""
-        candidates = torch.as_tensor(self.hparams.long_tail_classes
-                                     if self.hparams.long_tail_classes is not None
-                                     else range(self.num_classes))
-        low, high = self.hparams.long_tail_count
-        count = int(torch.randint(low, high + 1, (), generator=generator))
-        if self.hparams.long_tail_sampling == "threshold":
-            probabilities = F.softmax(1.0 / self.thresholds.cpu()[candidates], dim=0)
-            picks = torch.multinomial(probabilities, count, replacement=True,
-                                      generator=generator)
-        else:
-            picks = torch.randperm(candidates.numel(), generator=generator)[:count]
-        return candidates[picks].tolist()
-
-    def paste_long_tail(self, image: torch.Tensor, label: torch.Tensor, mask: torch.Tensor,
-                        generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """Paste each drawn rare class, cut from a source crop that contains it, onto this
-        source crop (image, label and mix mask)."""
-        datamodule = self.trainer.datamodule
-        if not hasattr(datamodule, "paste_donor"):
-            raise ValueError("long-tail pasting reads other source crops through "
-                             "udaseg.data.UDADataModule; set model.init_args.long_tail_p: 0 "
-                             f"with {type(datamodule).__name__}")
-        for class_id in self.long_tail_draw(generator):
-            donor = datamodule.paste_donor(class_id, generator)
-            if donor is None:
-                continue
-            if donor["label"].shape != label.shape:
-                raise ValueError(f"long-tail pasting needs source crops of one size: a donor "
-                                 f"crop is {tuple(donor['label'].shape)}, the batch's "
-                                 f"{tuple(label.shape)}; set data.source_augmentation.crop")
-            region = donor["label"].to(label.device) == class_id
-            image = paste(region, donor["image"].to(image), image)
-            label = torch.where(region, torch.full_like(label, class_id), label)
-            mask = mask | region
-        return image, label, mask
-
     @torch.no_grad()
     def mixed_batch(self, source: dict, target: dict,
                     losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
