@@ -16,7 +16,9 @@ sustain ``--target-its`` iterations/s at ``--batch-size`` images per iteration.
 Then the donors of CIM's long-tail pasting (`udaseg.data.ClassDonors`, ``crop`` variant): the
 ms the training thread waits per pasted class, prepared on demand (``donor_workers: 0``) and
 prepared ahead in one thread (``donor_workers: 1``) while the training step, simulated by a
-sleep of ``--step-ms``, runs.
+sleep of ``--step-ms``, runs. Last, TUFL's strong view of one 512x1024 crop: the official PIL
+steps (`StrongView`, in a DataLoader worker) against the on-device steps
+(`MixPhotometric`, `model.init_args.device_strong_view`) on the CPU and, when present, CUDA.
 
     python benchmarks/data_speed.py --iterations 30
 """
@@ -35,8 +37,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from udaseg.batch_augment import MixPhotometric
 from udaseg.data.donors import ClassDonors
 from udaseg.data.gta5 import GTA5
+from udaseg.data.photometric import StrongView
 from udaseg.data.rare_class_sampling import class_pixel_counts
 from udaseg.data.transforms import Augmentation, TransformedDataset
 
@@ -110,6 +114,31 @@ def time_donors(gta5: GTA5, augmentation: Augmentation, normalization: str, work
     return times
 
 
+def time_strong_views(image: np.ndarray, repeats: int, seed: int) -> dict[str, float]:
+    """Median ms per image of TUFL's strong view: PIL in a worker, torch on each device."""
+    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    views = {"StrongView (PIL, worker)": lambda: StrongView()(image, rng)}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        pixels = torch.from_numpy(image).permute(2, 0, 1)[None].to(device).float() / 255.0
+
+        def device_view(pixels=pixels, device=device):
+            MixPhotometric()(pixels, generator)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        views[f"MixPhotometric ({device})"] = device_view
+    medians = {}
+    for name, view in views.items():
+        view()   # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            view()
+            times.append((time.perf_counter() - start) * 1000.0)
+        medians[name] = statistics.median(times)
+    return medians
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=1052)
@@ -174,6 +203,10 @@ def main() -> None:
                                            args.donor_requests, args.step_ms, args.seed))
                 print(f"  donor_workers {workers}: median {statistics.median(times):.1f} ms, "
                       f"max {times[-1]:.1f} ms per donor")
+        crop = gta5[0]["image"][:512, :1024]
+        print("TUFL strong view of a 512x1024 crop, median ms/image:")
+        for name, median in time_strong_views(np.ascontiguousarray(crop), 10, args.seed).items():
+            print(f"  {name}: {median:.1f}")
 
 
 if __name__ == "__main__":

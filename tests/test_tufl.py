@@ -9,8 +9,21 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from tests.helpers import assert_identical_weights, fit, fit_two_ranks, tiny_data, tiny_method
-from udaseg.batch_augment import RandomAffine, in_frame_mask, iteration_generator, warp
+from tests.helpers import (
+    assert_identical_weights,
+    first_training_batch,
+    fit,
+    fit_two_ranks,
+    tiny_data,
+    tiny_method,
+)
+from udaseg.batch_augment import (
+    MixPhotometric,
+    RandomAffine,
+    in_frame_mask,
+    iteration_generator,
+    warp,
+)
 from udaseg.data import StrongView, UDADataModule
 from udaseg.losses import (
     adaptive_thresholds,
@@ -207,6 +220,25 @@ def test_fixed_threshold_keeps_thresholds_and_missing_strong_view_is_explained()
         fit_tufl(tufl(), steps=1, module=data(strong_view=None))
     with pytest.raises(ValueError, match="class_weights has 2 entries"):
         tufl(class_weights=[1.0, 2.0])
+
+
+def test_device_strong_view_replaces_the_workers_one():
+    """`device_strong_view` makes the strong view from the clean target batch on the device: no
+    "strong_image" is needed; with every step off it is the clean view, with the defaults it
+    differs, and one iteration draws the same view every time."""
+    off = MixPhotometric(jitter_p=0.0, noise_std=None, blur_sigma=None, equalize_p=0.0)
+    method = tufl(device_strong_view=off)
+    method.input_normalization = "imagenet"
+    images = first_training_batch()[1]["image"]
+    assert torch.allclose(method.photometric_view(images), images, atol=1e-5)
+    method = tufl(device_strong_view=MixPhotometric())
+    method.input_normalization = "imagenet"
+    strong = method.photometric_view(images)
+    assert strong.shape == images.shape and not torch.allclose(strong, images, atol=1e-2)
+    assert torch.equal(method.photometric_view(images), strong)
+    trained = tufl(device_strong_view={}, initial_threshold=0.05)
+    fit_tufl(trained, steps=2, module=data(strong_view=None))
+    assert not torch.equal(trained.thresholds, torch.full_like(trained.thresholds, 0.05))
 
 
 def test_tufl_bf16_mixed_stays_finite():

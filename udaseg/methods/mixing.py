@@ -37,8 +37,6 @@ from udaseg.methods.long_tail import LONG_TAIL_CLASSMIX_DROP, LongTailPasting
 from udaseg.methods.tufl import TUFL
 from udaseg.models import MAIN
 
-torch.serialization.add_safe_globals([MixPhotometric])
-
 #: `iteration_generator` stream of the mixing draws (TUFL's affine uses stream 0).
 MIX_STREAM = 1
 
@@ -94,7 +92,6 @@ class CrossDomainMixing(LongTailPasting, TUFL):
                                 if isinstance(mix_photometric, dict) else mix_photometric)
         # A copy of the initialised student: the stage-1 weights (frozen) or the EMA's start.
         self.teacher = copy.deepcopy(self.segmenter).requires_grad_(False)
-        self.input_normalization = "imagenet"
 
     # ----------------------------------------------------------------- teacher
     @property
@@ -115,8 +112,6 @@ class CrossDomainMixing(LongTailPasting, TUFL):
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        datamodule = self.trainer.datamodule
-        self.input_normalization = getattr(datamodule, "normalization", "imagenet")
         if self.hparams.long_tail_p > 0:
             self.prefetch_donors()
 

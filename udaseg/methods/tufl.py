@@ -29,25 +29,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from udaseg.batch_augment import RandomAffine, in_frame_mask, iteration_generator, warp
+from udaseg.batch_augment import MixPhotometric, RandomAffine
 from udaseg.losses import (
     adaptive_thresholds,
     class_balance_weights,
     class_weighted_cross_entropy,
     confidence_selection,
     unsupervised_focal_loss,
-    upsample_logits,
 )
 from udaseg.losses.consistency import FocalModulation
 from udaseg.methods.base import UDAMethod
-from udaseg.models import MAIN, SegmenterOutput
+from udaseg.methods.two_views import TwoViews
+from udaseg.models import MAIN
 
-torch.serialization.add_safe_globals([RandomAffine])
+torch.serialization.add_safe_globals([RandomAffine, MixPhotometric])
 
 ClassWeighting = Union[Literal["source_frequency", "none"], list[float]]
 
 
-class TUFL(UDAMethod):
+class TUFL(TwoViews, UDAMethod):
     """`L = L_sup + adaptation_weight * lambda_ufl * sum_head w_head * L_UFL(head)`.
 
     Head weights `w_head` are the supervised ones (`loss_head_weights`); every head's clean
@@ -68,6 +68,11 @@ class TUFL(UDAMethod):
         class_weight_offset: the ENet rule's offset (1.10 matches the official range).
         weighted_source_loss: the class weights also weight the source loss (official).
         strong_affine: the strong view's random affine (official ranges).
+        device_strong_view: make the strong view's photometric steps on the device, on the
+            whole target batch (`udaseg.batch_augment.MixPhotometric`; `{}` = TUFL's steps
+            without the shadow overlay), instead of reading "strong_image" from the data
+            module (`data.target_strong_view`: PIL, in the DataLoader workers, the official
+            order with the shadow). None = the data module's.
         bn_stats: "frozen" as officially (`net.eval()`); "batch" for networks trained from
             scratch (the built-in benchmark).
         **kwargs: `UDAMethod` arguments.
@@ -84,10 +89,17 @@ class TUFL(UDAMethod):
                  class_weights: ClassWeighting = "source_frequency",
                  class_weight_offset: float = 1.10, weighted_source_loss: bool = True,
                  strong_affine: RandomAffine = RandomAffine(),
+                 device_strong_view: Optional[MixPhotometric] = None,
                  bn_stats: Literal["batch", "frozen"] = "frozen", **kwargs) -> None:
         super().__init__(bn_stats=bn_stats, **kwargs)
         self.strong_affine = (RandomAffine(**strong_affine) if isinstance(strong_affine, dict)
                               else strong_affine)
+        self.device_strong_view = (MixPhotometric(**device_strong_view)
+                                   if isinstance(device_strong_view, dict)
+                                   else device_strong_view)
+        # The data module's input normalisation, read when training starts: on-device
+        # photometric steps work on RGB in [0, 1].
+        self.input_normalization = "imagenet"
         # float64 as officially: the update mixes in (1 - a) * psi every iteration.
         self.register_buffer("thresholds", torch.full((self.num_classes,), initial_threshold,
                                                       dtype=torch.float64))
@@ -112,6 +124,7 @@ class TUFL(UDAMethod):
         # seed_everything's seed: the affine draws of iteration k are the same in every run
         # with that seed, resumed or not.
         self.augmentation_seed = torch.initial_seed()
+        self.input_normalization = getattr(self.trainer.datamodule, "normalization", "imagenet")
         if self.hparams.class_weights == "source_frequency" and not self.class_weights.any():
             counts = np.asarray(self.trainer.datamodule.source_pixel_counts()).sum(axis=0)
             weights = class_balance_weights(torch.from_numpy(counts),
@@ -150,31 +163,6 @@ class TUFL(UDAMethod):
         return self.thresholds
 
     # ----------------------------------------------------------------- iteration
-    def strong_view(self, target: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The warped strong images and the affine matrices of this iteration."""
-        strong = target.get("strong_image")
-        if strong is None:
-            raise ValueError("TUFL trains on two views of each target image, but the target "
-                             "batches have no 'strong_image': set data.target_strong_view "
-                             "(e.g. `target_strong_view: {}`, the official settings)")
-        generator = iteration_generator(self.augmentation_seed, self.global_step,
-                                        self.global_rank)
-        theta = self.strong_affine.sample(strong.shape[0], generator)
-        return warp(strong, theta), theta
-
-    def target_predictions(self, clean_outputs: SegmenterOutput, strong_outputs: SegmenterOutput,
-                           theta: torch.Tensor, size: tuple[int, int]
-                           ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
-                                      torch.Tensor]:
-        """The segmenter's outputs of both views in the strong view's frame at the input
-        `size`: (clean logits warped by `theta` per head, strong logits per head, (N, H, W)
-        in-frame mask)."""
-        # The main head always: the once-per-iteration threshold update reads it.
-        heads = dict.fromkeys([MAIN, *self.loss_head_weights])
-        clean = {head: warp(upsample_logits(clean_outputs[head], size), theta) for head in heads}
-        strong = {head: upsample_logits(strong_outputs[head], size) for head in heads}
-        return clean, strong, in_frame_mask(theta, size, theta.device)
-
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
         strong_images, theta = self.strong_view(target)
         _, losses, (clean_outputs, strong_outputs) = self.supervised_step(
