@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import TinyDataset, tiny_data
+from tests.helpers import TinyDataset, first_training_batch, tiny_data
 from udaseg.data import (
     Augmentation,
     ImageLabelDataset,
@@ -167,3 +167,24 @@ def test_loader_options_reach_every_dataloader():
     assert not tiny_data().val_dataloader().persistent_workers   # no workers: nothing to keep
     with pytest.raises(ValueError, match="data.prefetch_factor must be >= 1"):
         tiny_data(prefetch_factor=0)
+
+
+def test_evaluation_labels_are_uint8_and_training_labels_int64():
+    """Evaluation batches carry uint8 labels (the same ids as the training pipeline's int64
+    ones), which the confusion matrix reads directly; wider ids are refused by name."""
+    module = tiny_data()
+    source, _ = first_training_batch()
+    evaluation = next(iter(module.val_dataloader()))
+    assert source["label"].dtype == torch.int64 and evaluation["label"].dtype == torch.uint8
+    training_view = TransformedDataset(module.val, module.eval_augmentation, "imagenet")
+    assert torch.equal(evaluation["label"][0].long(), training_view[0]["label"])
+
+    class WideIds(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return {"image": np.zeros((4, 4, 3), np.uint8), "name": "wide",
+                    "label": np.full((4, 4), 300, np.int32)}
+    with pytest.raises(ValueError, match="'wide' has ids outside 0..255"):
+        TransformedDataset(WideIds(), Augmentation(), "imagenet", label_dtype=torch.uint8)[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -20,6 +21,30 @@ def test_confusion_matrix_counts_and_skips_ignore_pixels():
     matrix = confusion_matrix(predictions, labels, num_classes=3)
     expected = torch.tensor([[1, 1, 0], [0, 2, 0], [1, 0, 1]])
     assert torch.equal(matrix, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int64])
+@pytest.mark.parametrize(("num_classes", "ignore_index"), [(19, 255), (5, 3), (200, 255)])
+def test_confusion_matrix_equals_the_official_fast_hist(dtype, num_classes, ignore_index):
+    """Every label dtype and path (uint8 one pass, wider labels clamped, an ignore label inside
+    the class range, > 180 classes) against the official numpy count, with labels outside
+    [0, C) and the caller's prediction tensor left unchanged."""
+    generator = torch.Generator().manual_seed(num_classes)
+    low = 0 if dtype == torch.uint8 else -3
+    labels = torch.randint(low, min(num_classes + 4, 256), (7, 13), generator=generator)
+    labels[0, :4] = 255 if dtype != torch.int16 else ignore_index
+    labels[1, :3] = ignore_index
+    labels = labels.to(dtype)
+    predictions = torch.randint(0, num_classes, (7, 13), generator=generator).to(torch.int16)
+    before = predictions.clone()
+    wide, flat_predictions = labels.long().flatten().numpy(), predictions.long().flatten().numpy()
+    keep = (wide >= 0) & (wide < num_classes) & (wide != ignore_index)
+    expected = np.bincount(num_classes * wide[keep] + flat_predictions[keep],
+                           minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    matrix = confusion_matrix(predictions, labels, num_classes, ignore_index)
+    assert matrix.dtype == torch.int64
+    assert np.array_equal(matrix.numpy(), expected)
+    assert torch.equal(predictions, before)
 
 
 def test_iou_and_subsets_match_hand_computation():

@@ -18,9 +18,10 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
     """Count (label, prediction) pairs.
 
     Args:
-        predictions: (...) integer class ids.
+        predictions: (...) integer class ids in [0, num_classes) (e.g. an argmax).
         labels: (...) integer class ids, same shape; pixels equal to `ignore_index` (or outside
-            [0, num_classes)) are not counted.
+            [0, num_classes)) are not counted. uint8 labels (what the evaluation loaders
+            deliver) take the fastest path.
 
     Returns:
         (num_classes, num_classes) int64 matrix, rows = ground truth, columns = prediction.
@@ -30,15 +31,24 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
                          f"{tuple(labels.shape)} must have the same shape")
     labels = labels.reshape(-1)
     predictions = predictions.reshape(-1)
-    valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
-    # One pass of narrow integer arithmetic instead of compacting the valid pixels (a boolean
-    # index copies them): uncounted pixels go to an extra bin that is dropped. Measured at
-    # 2048x1024 in benchmarks/eval_speed.py (README, "Speed").
     bins = num_classes * num_classes
-    dtype = torch.int16 if bins < torch.iinfo(torch.int16).max else torch.int64
-    flat = labels.to(dtype) * num_classes + predictions.to(dtype)
-    flat = torch.where(valid, flat, bins)
-    return torch.bincount(flat, minlength=bins + 1)[:bins].reshape(num_classes, num_classes)
+    if bins + num_classes > torch.iinfo(torch.int16).max:   # > 180 classes: the plain way
+        valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+        flat = torch.where(valid, labels.long() * num_classes + predictions.long(), bins)
+        return torch.bincount(flat, minlength=bins + 1)[:bins].reshape(num_classes, num_classes)
+    # Narrow integers and no compaction of the valid pixels (a boolean index copies them):
+    # every uncounted label becomes row `num_classes`, whose bins are dropped. uint8 labels
+    # need one pass; wider ones are clamped to [-1, C] first, and uint8 wraps -1 to 255.
+    # Measured at 2048x1024 in benchmarks/eval_speed.py (README, "Speed").
+    rows = labels if labels.dtype == torch.uint8 else \
+        labels.clamp(-1, num_classes).to(torch.uint8)
+    rows = rows.clamp_max(num_classes)
+    if 0 <= ignore_index < num_classes:
+        rows = rows.masked_fill(labels == ignore_index, num_classes)
+    flat = predictions.to(torch.int16, copy=True)   # never the caller's tensor
+    flat.add_(rows, alpha=num_classes)
+    counts = torch.bincount(flat, minlength=bins + num_classes)
+    return counts[:bins].reshape(num_classes, num_classes)
 
 
 def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:

@@ -276,7 +276,8 @@ class UDADataModule(pl.LightningDataModule):
     def eval_loader(self, key: str, dataset: Optional[SegmentationDataset]) -> DataLoader:
         if dataset is None:
             raise ValueError(f"no data.{key} set is configured")
-        transformed = TransformedDataset(dataset, self.eval_augmentation, self.normalization)
+        transformed = TransformedDataset(dataset, self.eval_augmentation, self.normalization,
+                                         label_dtype=torch.uint8)
         return DataLoader(transformed, batch_size=self.eval_batch_size,
                           sampler=self.eval_sampler(transformed), shuffle=False,
                           **self.loader_options())

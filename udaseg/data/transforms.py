@@ -137,6 +137,10 @@ def unit_rgb_to_input(pixels: torch.Tensor, normalization: Normalization) -> tor
 class TransformedDataset(torch.utils.data.Dataset):
     """Applies one stream's augmentation and normalisation to a `SegmentationDataset`.
 
+    `label_dtype`: int64 for training streams (what the losses index with); the evaluation
+    loaders ask for uint8 (every train id and the ignore label fit), an eighth of the bytes to
+    copy to the device, which the confusion matrix reads directly.
+
     `keep_label=False` is how the target training stream is built: the label is dropped here,
     before collation, so target labels can never reach a training step.
 
@@ -153,11 +157,13 @@ class TransformedDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset: torch.utils.data.Dataset, augmentation: Augmentation,
                  normalization: Normalization, keep_label: bool = True,
-                 strong_view: Optional[StrongView] = None) -> None:
+                 strong_view: Optional[StrongView] = None,
+                 label_dtype: torch.dtype = torch.int64) -> None:
         self.dataset = dataset
         self.augmentation = augmentation
         self.normalization = normalization
         self.keep_label = keep_label
+        self.label_dtype = label_dtype
         self.strong_view = strong_view
         self.pipeline = augmentation.build()
         self.rng = np.random.default_rng()
@@ -205,5 +211,12 @@ class TransformedDataset(torch.utils.data.Dataset):
             item["strong_image"] = normalize(self.strong_view(image, self.rng),
                                              self.normalization)
         if keep:
-            item["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
+            label = np.ascontiguousarray(label)
+            if self.label_dtype == torch.uint8 and label.dtype != np.uint8:
+                if label.size and (label.min() < 0 or label.max() > 255):
+                    raise ValueError(f"{type(self.dataset).__name__} label "
+                                     f"{sample.get('name', index)!r} has ids outside 0..255, "
+                                     "which uint8 evaluation labels cannot hold")
+                label = label.astype(np.uint8)
+            item["label"] = torch.from_numpy(label).to(self.label_dtype)
         return item
