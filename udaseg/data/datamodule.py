@@ -25,7 +25,7 @@ from udaseg.data.rare_class_sampling import RareClassSampler, RareClassSampling,
 from udaseg.data.streams import InfiniteShardedSampler, SameSizeBatchSampler
 from udaseg.data.transforms import Augmentation, Normalization, TransformedDataset
 
-# Distinct seed offsets so the source and target streams never share an order.
+# Distinct seed offsets so the source, target and donor streams never share an order.
 _STREAM_SEEDS = {"source": 0, "target": 1, "donors": 2}
 
 
@@ -189,6 +189,16 @@ class UDADataModule(pl.LightningDataModule):
         donor_positions = state.get("donor_positions") or [{}]
         self.donors.load_state_dict(donor_positions[rank % len(donor_positions)])
 
+    def stream_seed(self, key: str) -> int:
+        """The seed of one training stream ("source", "target", "donors"), the same on every
+        rank (the shuffling: ranks take disjoint shards of one order)."""
+        return self.seed * 7919 + _STREAM_SEEDS[key]
+
+    def rank_seed(self, key: str) -> int:
+        """The seed of one training stream on this rank (its augmentation draws)."""
+        rank, _ = self._rank_and_world()
+        return self.stream_seed(key) * 997 + rank
+
     def loader_options(self) -> dict:
         """Worker, pinning and prefetch settings shared by every DataLoader of the module."""
         options = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
@@ -201,14 +211,13 @@ class UDADataModule(pl.LightningDataModule):
                       batch_size: int, keep_label: bool,
                       strong_view: Optional[StrongView] = None) -> DataLoader:
         rank, world_size = self._rank_and_world()
-        stream_seed = self.seed * 7919 + _STREAM_SEEDS[key]
         transformed = TransformedDataset(dataset, augmentation, self.normalization, keep_label,
                                          strong_view)
-        transformed.reseed(stream_seed * 997 + rank)
-        sampler = self.stream_sampler(key, dataset, world_size, rank, stream_seed,
+        transformed.reseed(self.rank_seed(key))
+        sampler = self.stream_sampler(key, dataset, world_size, rank, self.stream_seed(key),
                                       start=self.stream_draws()[key])
         return DataLoader(transformed, batch_size=batch_size, sampler=sampler, drop_last=True,
-                          generator=torch.Generator().manual_seed(stream_seed * 997 + rank),
+                          generator=torch.Generator().manual_seed(self.rank_seed(key)),
                           **self.loader_options())
 
     def stream_sampler(self, key: str, dataset: SegmentationDataset, world_size: int, rank: int,
@@ -239,7 +248,6 @@ class UDADataModule(pl.LightningDataModule):
     def donors(self) -> ClassDonors:
         """This rank's per-class donor streams (`udaseg.data.ClassDonors`), made on first use."""
         if self._donors is None:
-            rank, _ = self._rank_and_world()
             workers = self.donor_workers
             if workers is None:
                 workers = 1 if self.num_workers > 0 else 0
@@ -247,7 +255,7 @@ class UDADataModule(pl.LightningDataModule):
                 lambda: TransformedDataset(self.source, self.source_augmentation,
                                            self.normalization, keep_label=True),
                 self.class_holders,
-                seed=(self.seed * 7919 + _STREAM_SEEDS["donors"]) * 997 + rank, workers=workers)
+                seed=self.rank_seed("donors"), workers=workers)
         return self._donors
 
     def paste_donor(self, class_id: int) -> Optional[dict]:
