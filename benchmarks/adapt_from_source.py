@@ -16,19 +16,22 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from synthetic_table import last_checkpoint, run
+from synthetic_table import CONFIG_ROOT, last_checkpoint, run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", default="maxsquare_iw_multi",
-                        help="config name in configs/synthetic/")
+                        help="config name in the --benchmark folder")
+    parser.add_argument("--benchmark", default="synthetic",
+                        help="config folder under configs/ (synthetic, synthetic_v1)")
     parser.add_argument("--adapt-iters", type=int, default=300)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/adapt_from_source"))
     args = parser.parse_args()
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
+    configs = CONFIG_ROOT / args.benchmark
 
     def adapt(item: tuple[str, int]) -> str:
         config, seed = item
@@ -37,11 +40,11 @@ def main() -> None:
                  "--trainer.max_steps", str(args.adapt_iters),
                  "--model.init_args.adaptation_warmup", "0"]
         name = f"{config}_from_source" if config != "source_only" else "source_only_continued"
-        return run(config, seed, args.out, threads, name, start)
+        return run(config, seed, args.out, threads, name, start, configs)
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        for line in pool.map(lambda seed: run("source_only", seed, args.out, threads),
-                             args.seeds):
+        for line in pool.map(lambda seed: run("source_only", seed, args.out, threads,
+                                              configs=configs), args.seeds):
             print(line, flush=True)
         work = [(config, seed) for seed in args.seeds for config in (args.method, "source_only")]
         for line in pool.map(adapt, work):

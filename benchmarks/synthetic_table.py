@@ -1,17 +1,18 @@
 """Reproduce the README tables of the built-in benchmark: method configs of configs/synthetic/
-(or another folder: `--benchmark synthetic_v2`), several seeds, `udaseg fit` then `udaseg test`
+(or another folder: `--benchmark synthetic_v1`), several seeds, `udaseg fit` then `udaseg test`
 on the last checkpoint, then mean ± std with `udaseg.compare`.
 
     python benchmarks/synthetic_table.py --methods source_only oracle minent advent \
-        --seeds 0 1 2 --jobs 2 --out runs/synthetic_table
+        --seeds 0 1 2 --out runs/synthetic_table
 
 Two-stage methods start from the first stage's run of the same seed: `--methods tufl cim
 --init-from cim=tufl`. Other settings of every run: `--set trainer.precision=bf16-mixed
 --suffix _bf16` (each run is then named `<method>_bf16`, so both variants share one table).
 
-With --jobs 2 each run gets one thread (2 cores: for the v1 network two single-threaded runs
-beat one two-threaded run). For v2's EfficientNet-Lite0 use --jobs 1: measured, two
-single-threaded runs side by side took 2 s per iteration each, one two-threaded run 0.6 s.
+--jobs 1 (the default) gives each run every core: for the default benchmark's EfficientNet-Lite0,
+two single-threaded runs side by side took 2 s per iteration each, one two-threaded run 0.6 s
+(measured on 2 cores). For v1's small from-scratch network use --jobs 2: there two
+single-threaded runs beat one two-threaded run.
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ def main() -> None:
     parser.add_argument("--suffix", default="",
                         help="appended to each run's name (runs of other --set values)")
     parser.add_argument("--benchmark", default="synthetic",
-                        help="config folder under configs/ (synthetic, synthetic_v2)")
+                        help="config folder under configs/ (synthetic, synthetic_v1)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/synthetic_table"))
     parser.add_argument("--test-only", action="store_true",
                         help="only re-run `udaseg test` on existing checkpoints")

