@@ -213,11 +213,12 @@ class UDADataModule(pl.LightningDataModule):
         rank, world_size = self._rank_and_world()
         transformed = TransformedDataset(dataset, augmentation, self.normalization, keep_label,
                                          strong_view)
-        transformed.reseed(self.rank_seed(key))
+        augmentation_seed = self.rank_seed(key)
+        transformed.reseed(augmentation_seed)
         sampler = self.stream_sampler(key, dataset, world_size, rank, self.stream_seed(key),
                                       start=self.stream_draws()[key])
         return DataLoader(transformed, batch_size=batch_size, sampler=sampler, drop_last=True,
-                          generator=torch.Generator().manual_seed(self.rank_seed(key)),
+                          generator=torch.Generator().manual_seed(augmentation_seed),
                           **self.loader_options())
 
     def stream_sampler(self, key: str, dataset: SegmentationDataset, world_size: int, rank: int,
