@@ -90,6 +90,12 @@ def test_oracle_is_source_only_trained_on_labelled_target_images(benchmark, caps
     assert oracle["model"] == source_only["model"] and oracle["trainer"] == source_only["trainer"]
 
 
+def assert_scene_version(data: dict, name: str, version: int) -> None:
+    """Every split of a built-in run config renders scenes of `version` (oracles: no target)."""
+    for key in ("source", "val", "test") + (("target",) if name != "oracle.yaml" else ()):
+        assert data[key]["init_args"]["version"] == version, key
+
+
 BUILT_IN = [path.name for path in RUN_CONFIGS if path.parent.name == "synthetic"]
 V1_CONFIGS = [path.name for path in RUN_CONFIGS if path.parent.name == "synthetic_v1"]
 
@@ -101,8 +107,7 @@ def test_built_in_benchmark_uses_version_2_scenes_and_the_imagenet_lite_network(
     DeepLabV2-R101 from scratch)."""
     resolved = resolve(capsys, CONFIGS / "synthetic" / name)
     data = resolved["data"]
-    for key in ("source", "val", "test") + (("target",) if name != "oracle.yaml" else ()):
-        assert data[key]["init_args"]["version"] == 2, key
+    assert_scene_version(data, name, 2)
     assert data["normalization"] == "signed"
     model = resolved["model"]["init_args"]
     assert model["segmenter"]["class_path"].startswith("udaseg.models.EfficientNetLite")
@@ -121,8 +126,7 @@ def test_benchmark_v1_keeps_version_1_scenes_and_the_from_scratch_light_network(
     compare with the earlier README tables."""
     resolved = resolve(capsys, CONFIGS / "synthetic_v1" / name)
     data = resolved["data"]
-    for key in ("source", "val", "test") + (("target",) if name != "oracle.yaml" else ()):
-        assert data[key]["init_args"]["version"] == 1, key
+    assert_scene_version(data, name, 1)
     assert data["normalization"] == "imagenet"
     segmenter = resolved["model"]["init_args"]["segmenter"]
     assert segmenter["class_path"] in {"udaseg.models.DeepLabV2",
