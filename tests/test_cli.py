@@ -242,3 +242,15 @@ def test_wandb_run_holds_iou_tables_prediction_panels_config_and_commit(tmp_path
         time.sleep(0.2)
     run_data = run_file.read_bytes()
     assert [needle for needle in expected if needle not in run_data] == []
+
+
+def test_disabling_the_progress_bar_wins_over_the_configs_bar(tmp_path, capsys):
+    """udaseg's configs list IterationProgressBar; `--trainer.enable_progress_bar false` must
+    drop it rather than stop on Lightning's 'progress bar callback with the bar disabled'."""
+    config = write_config(tmp_path, max_steps=2)
+    with_bar = ["--trainer.callbacks+=udaseg.callbacks.IterationProgressBar"]
+    main(["fit", "--config", str(config), *with_bar])
+    main(["test", "--config", str(config), *with_bar, "--trainer.enable_progress_bar", "false",
+          "--ckpt_path", str(run_dir(tmp_path, 0) / "checkpoints" / "last.ckpt")])
+    assert (run_dir(tmp_path, 1) / "test_metrics.json").is_file()
+    assert "Testing" not in capsys.readouterr().out, "no bar is drawn"

@@ -11,7 +11,7 @@ from typing import Optional
 
 import pytorch_lightning as pl
 import yaml
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import (
     ArgsType,
     LightningArgumentParser,
@@ -239,7 +239,17 @@ class UDASegCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
         """Every trainer writes checkpoints atomically and reads them with weights_only=True
-        (`udaseg.checkpoint_io`), unless the config brings its own CheckpointIO."""
+        (`udaseg.checkpoint_io`), unless the config brings its own CheckpointIO.
+
+        `--trainer.enable_progress_bar false` wins over a progress bar in the config's
+        callbacks (udaseg's configs list one): Lightning would refuse the pair."""
+        if config.get("enable_progress_bar") is False:
+            listed = config.get("callbacks")
+            listed = [] if listed is None else listed if isinstance(listed, list) else [listed]
+            config["callbacks"] = [callback for callback in listed
+                                   if not isinstance(callback, ProgressBar)]
+            callbacks = [callback for callback in callbacks
+                         if not isinstance(callback, ProgressBar)]
         plugins = config.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) \
             else [plugins]
