@@ -1,5 +1,6 @@
 """Faults during training: a non-finite loss stops the run at once (or skips the iteration),
-naming the iteration and the term, and no weight or checkpoint holds it."""
+naming the iteration and the term, and no weight or checkpoint holds it; `optim.max_grad_norm`
+bounds the step a huge loss can take."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from tests.helpers import assert_identical_weights, fit, fit_two_ranks, tiny_method
-from udaseg.methods import AdvEnt
+from udaseg.methods import AdvEnt, OptimConfig
 
 
 class InfAtIteration(AdvEnt):
@@ -83,3 +84,30 @@ def test_ranks_skip_together_when_one_rank_is_non_finite(tmp_path):
                           "--model.init_args.nonfinite_loss", "skip")
     assert [rank["state_dict"]["skipped_iterations"].item() for rank in ranks] == [1, 1]
     assert_identical_weights(ranks)
+
+
+def segmenter_gradient_norm(method) -> float:
+    return torch.linalg.vector_norm(torch.stack([
+        parameter.grad.norm() for parameter in method.segmenter.parameters()
+        if parameter.grad is not None])).item()
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 1e-3])
+def test_max_grad_norm_clips_the_segmenter_step_and_logs_the_norm_before_clipping(max_grad_norm):
+    method = tiny_method(AdvEnt, optim=OptimConfig(lr=0.01, max_grad_norm=max_grad_norm))
+    trainer = fit(method, steps=1)
+    # Gradients stay in place after the last step (zeroed when the next iteration starts).
+    norm = segmenter_gradient_norm(method)
+    if max_grad_norm is None:
+        assert norm > 1e-2 and "train/grad_norm" not in trainer.callback_metrics
+        return
+    assert norm == pytest.approx(max_grad_norm, rel=1e-3)
+    assert trainer.callback_metrics["train/grad_norm"].item() > 1e-2, "logged before clipping"
+    discriminator_norm = torch.linalg.vector_norm(torch.stack([
+        parameter.grad.norm() for parameter in method.discriminators.parameters()])).item()
+    assert discriminator_norm > 10 * max_grad_norm, "discriminators are not clipped"
+
+
+def test_max_grad_norm_must_be_positive():
+    with pytest.raises(ValueError, match="optim.max_grad_norm must be > 0"):
+        OptimConfig(max_grad_norm=0.0)

@@ -263,6 +263,17 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
             self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None,
                                                  model=self)
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # The precision plugin calls this after AMP unscaling: a clip before `.step()` would
+        # clip fp16-scaled gradients (Lightning issue #18089).
+        max_norm = self.optim_config.max_grad_norm
+        if max_norm is None or optimizer is not self.trainer.optimizers[0]:
+            return
+        parameters = [parameter for group in optimizer.param_groups
+                      for parameter in group["params"] if parameter.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]

@@ -23,6 +23,10 @@ class OptimConfig:
         warmup_iters: linear warm-up `lr * iteration / warmup_iters` before the poly schedule
             takes over (CLAN warms up over its pre-heat); 0 = poly from the first iteration.
         discriminator_lr, discriminator_betas: Adam for each discriminator, same schedule.
+        max_grad_norm: clip the segmenter's gradient to this total L2 norm before each step
+            (after AMP unscaling; discriminators are not clipped); None: no clipping, as every
+            paper here. For losses whose per-pixel weight is unbounded (Conservative Loss on a
+            freshly initialised head); the norm is logged as `train/grad_norm` when set.
     """
 
     lr: float = 2.5e-4
@@ -34,6 +38,12 @@ class OptimConfig:
     warmup_iters: int = 0
     discriminator_lr: float = 1e-4
     discriminator_betas: tuple[float, float] = (0.9, 0.99)
+    max_grad_norm: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"optim.max_grad_norm must be > 0 (or null: no clipping), "
+                             f"got {self.max_grad_norm}")
 
 
 #: Checkpoint entry holding the poly horizon the run was trained with (compared on resume).
