@@ -12,6 +12,11 @@ No public implementation exists; this is udaseg's reading, kept transparent:
   cross-entropy, which gives the claimed behaviour: descent for badly classified source pixels,
   ascent for very well classified ones, neutral at p_g = 1/a. `form="published"` is the literal
   expression, for comparison.
+- CL's descent weight is unbounded as p_g -> 0 (34 at p_g = e^-5.5, 430 at the 1e-6 floor), so
+  a head that starts confidently wrong (a fresh head on ImageNet features) takes steps hundreds
+  of times cross-entropy's and diverges; bound the step with `optim.max_grad_norm` there
+  (configs/synthetic/conservative.yaml). A from-scratch network starts near uniform and needs
+  none (configs/synthetic_v1/).
 """
 
 from __future__ import annotations
