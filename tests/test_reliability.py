@@ -92,7 +92,7 @@ def segmenter_gradient_norm(method) -> float:
         if parameter.grad is not None])).item()
 
 
-@pytest.mark.parametrize("max_grad_norm", [None, 1e-3])
+@pytest.mark.parametrize("max_grad_norm", [None, 1e-6])
 def test_max_grad_norm_clips_the_segmenter_step_and_logs_the_norm_before_clipping(max_grad_norm):
     method = tiny_method(AdvEnt, optim=OptimConfig(lr=0.01, max_grad_norm=max_grad_norm))
     trainer = fit(method, steps=1)
@@ -105,7 +105,7 @@ def test_max_grad_norm_clips_the_segmenter_step_and_logs_the_norm_before_clippin
     assert trainer.callback_metrics["train/grad_norm"].item() > 1e-2, "logged before clipping"
     discriminator_norm = torch.linalg.vector_norm(torch.stack([
         parameter.grad.norm() for parameter in method.discriminators.parameters()])).item()
-    assert discriminator_norm > 10 * max_grad_norm, "discriminators are not clipped"
+    assert discriminator_norm > 100 * max_grad_norm, "discriminators are not clipped"
 
 
 def test_max_grad_norm_must_be_positive():
