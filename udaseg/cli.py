@@ -148,6 +148,11 @@ def latest_last_checkpoint(run_folder: Path, version: object = None) -> Optional
     return None
 
 
+def as_list(value: object) -> list:
+    """A trainer argument that takes one item or a list (callbacks, plugins), as a new list."""
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
+
+
 class UDASegCLI(LightningCLI):
     """Links the label space from the data to the method so no config writes it twice, and
     uses the run's single `seed_everything` for data shuffling and augmentation too."""
@@ -244,15 +249,11 @@ class UDASegCLI(LightningCLI):
         `--trainer.enable_progress_bar false` wins over a progress bar in the config's
         callbacks (udaseg's configs list one): Lightning would refuse the pair."""
         if config.get("enable_progress_bar") is False:
-            listed = config.get("callbacks")
-            listed = [] if listed is None else listed if isinstance(listed, list) else [listed]
-            config["callbacks"] = [callback for callback in listed
+            config["callbacks"] = [callback for callback in as_list(config.get("callbacks"))
                                    if not isinstance(callback, ProgressBar)]
             callbacks = [callback for callback in callbacks
                          if not isinstance(callback, ProgressBar)]
-        plugins = config.get("plugins")
-        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) \
-            else [plugins]
+        plugins = as_list(config.get("plugins"))
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(SafeCheckpointIO())
         config["plugins"] = plugins

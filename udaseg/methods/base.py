@@ -269,9 +269,10 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
         max_norm = self.optim_config.max_grad_norm
         if max_norm is None or optimizer is not self.trainer.optimizers[0]:
             return
-        parameters = [parameter for group in optimizer.param_groups
-                      for parameter in group["params"] if parameter.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        # clip_grad_norm_ skips parameters without a gradient itself.
+        norm = torch.nn.utils.clip_grad_norm_(
+            [parameter for group in optimizer.param_groups for parameter in group["params"]],
+            max_norm)
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
