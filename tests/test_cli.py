@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +24,35 @@ def logged_val_miou(run_dir: Path) -> float:
     with open(run_dir / "metrics.csv") as stream:
         values = [row["val/mIoU"] for row in csv.DictReader(stream) if row.get("val/mIoU")]
     return float(values[-1])
+
+
+def wandb_run_records(run: Path, *patterns: bytes, timeout: float = 30) -> bytes:
+    """The records of an offline run's `.wandb` log, reassembled and joined.
+
+    The file is a LevelDB-style log: a 7-byte file header, then 32 KiB blocks of chunks, each
+    with a 7-byte header (CRC32, little-endian length, type: 1 full, 2 first, 3 middle, 4 last).
+    A record that crosses a block boundary is split, so a raw byte search can miss a string;
+    joining the chunks keeps every record contiguous. wandb's service process may still be
+    writing when `finish()` returns (seen once in CI: only the header was there), so this
+    waits, up to `timeout` seconds, until every regex in `patterns` matches.
+    """
+    run_file = next(run.glob("run-*.wandb"))
+    block, header = 32768, 7
+    deadline = time.monotonic() + timeout
+    while True:
+        data, position, records = run_file.read_bytes(), header, []
+        while position + header <= len(data):
+            if block - position % block < header:        # the rest of a block is padding
+                position += block - position % block
+                continue
+            _, length, _ = struct.unpack("<IHB", data[position:position + header])
+            records.append(data[position + header:position + header + length])
+            position += header + length
+        joined = b"".join(records)
+        if all(re.search(pattern, joined) for pattern in patterns) or \
+                time.monotonic() > deadline:
+            return joined
+        time.sleep(0.2)
 
 
 def test_fit_writes_checkpoint_metrics_and_config_then_validate_reproduces(tmp_path):
@@ -124,13 +154,7 @@ def test_wandb_logger_offline_writes_the_run_locally(tmp_path):
     wandb.finish()  # in-process: flush the run as a finished CLI process would
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "offline mode keeps the run on disk for a later `wandb sync`"
-    # wandb's service process may still be writing the file when finish() returns (seen once
-    # in CI: only the header was there); wait for it, up to 30 s.
-    run_file = next(runs[0].glob("run-*.wandb"))
-    deadline = time.monotonic() + 30
-    while b"val/mIoU" not in run_file.read_bytes() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    run_data = run_file.read_bytes()
+    run_data = wandb_run_records(runs[0], rb"val/mIoU", rb"val/IoU/road")
     assert b"val/IoU/road" in run_data and b"val/mIoU" in run_data
 
 
@@ -231,17 +255,14 @@ def test_wandb_run_holds_iou_tables_prediction_panels_config_and_commit(tmp_path
     assert sum(bool(re.match(r"entropy_maps_\d+_", name)) for name in panels) == 1
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
-    expected = [f'"git_commit":"{commit}"'.encode(),
-                b"udaseg.methods.SourceOnly",                    # the resolved config
-                b'"ground_truth":{"_type":"mask"',               # the masks ...
-                b"val/predictions_wandb_delimeter_prediction"]   # ... and their class labels
-    run_file = next(run.glob("run-*.wandb"))
-    deadline = time.monotonic() + 30         # wandb's service may still be writing the file
-    while not all(needle in run_file.read_bytes() for needle in expected) and \
-            time.monotonic() < deadline:
-        time.sleep(0.2)
-    run_data = run_file.read_bytes()
-    assert [needle for needle in expected if needle not in run_data] == []
+    # The masks' JSON key order varies between logged images (sha256 first or _type first),
+    # so the pattern takes either.
+    expected = [re.escape(f'"git_commit":"{commit}"'.encode()),
+                rb"udaseg\.methods\.SourceOnly",                  # the resolved config
+                rb'"ground_truth":\{[^{}]*"_type":"mask"',      # the masks ...
+                rb"val/predictions_wandb_delimeter_prediction"]  # ... and their class labels
+    run_data = wandb_run_records(run, *expected)
+    assert [pattern for pattern in expected if not re.search(pattern, run_data)] == []
 
 
 def test_disabling_the_progress_bar_wins_over_the_configs_bar(tmp_path, capsys):
