@@ -172,14 +172,9 @@ class CrossDomainMixing(LongTailPasting, TUFL):
     # ----------------------------------------------------------------- iteration
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
         if self.hparams.lambda_ufl > 0:
-            # CIM: the two TUFL views share the source forward; the mix comes after their loss,
-            # since its long-tail draw reads the thresholds that loss has just updated.
-            strong_images, theta = self.strong_view(target)
-            _, losses, (clean_outputs, strong_outputs) = self.supervised_step(
-                source, target["image"], strong_images)
-            focal = self.focal_loss(self.target_predictions(
-                clean_outputs, strong_outputs, theta, tuple(strong_images.shape[-2:])), losses)
-            self.manual_backward(self.adaptation_weight * self.hparams.lambda_ufl * focal)
+            # CIM: TUFL's iteration first (its two views share the source forward), then the
+            # mix, since its long-tail draw reads the thresholds the focal loss has just updated.
+            losses = super().adaptation_step(source, target)
             images, labels, pixel_weights = self.mixed_batch(source, target, losses)
             mixed_outputs = self.segmenter(images)
         else:
