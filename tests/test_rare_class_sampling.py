@@ -45,6 +45,10 @@ def test_sampler_favours_images_with_rare_classes_and_is_seeded():
     expected = p_rare + (1 - p_rare) / 100
     assert abs(np.mean(np.array(draws) == 0) - expected) < 0.02
     assert expected > 0.5  # uniform sampling would give 0.01
+    probabilities = sampler.image_probabilities()
+    assert probabilities[0] == pytest.approx(expected)
+    np.testing.assert_allclose(probabilities[1:], (1 - p_rare) / 100)
+    assert probabilities.sum() == pytest.approx(1.0)
     again = [index for (_, index), _ in zip(iter(RareClassSampler(counts, settings, seed=3)),
                                        range(100), strict=False)]
     other_rank = [index for (_, index), _ in zip(iter(RareClassSampler(counts, settings, 2, 1, 3)),

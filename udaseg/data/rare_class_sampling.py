@@ -125,6 +125,18 @@ class RareClassSampler(InfiniteShardedSampler):
                              "pixels of any class; lower rare_class_sampling.min_pixels")
         self.class_probabilities = probabilities / probabilities.sum()
 
+    def image_probabilities(self) -> np.ndarray:
+        """(N,) probability that one draw returns each image: the sum, over the classes the
+        image holds `min_pixels` of, of P(c) / (number of images holding c). With it, the
+        expected class mix of the stream (`benchmarks/rcs_shares.py`) is a weighted mean of
+        the per-image class shares, with no sampling."""
+        probabilities = np.zeros(self.dataset_size)
+        for class_probability, images in zip(self.class_probabilities, self.class_images,
+                                             strict=True):
+            if len(images):
+                probabilities[images] += class_probability / len(images)
+        return probabilities
+
     def indices_from(self, start: int) -> Iterator[int]:
         block, offset = self.epoch + start // self.BLOCK, start % self.BLOCK
         while True:
