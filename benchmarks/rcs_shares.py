@@ -33,7 +33,7 @@ def main() -> None:
     source = SyntheticStreets("synthetic", "train", args.num_images, version=args.version)
     counts = class_pixel_counts(source, len(source.class_names))
     image_shares = counts / counts.sum(1, keepdims=True)
-    uniform = counts.sum(0) / counts.sum()
+    uniform = image_shares.mean(0)   # the same per-image estimator as the RCS column
 
     header = f"{'class':<14}{'uniform %':>10}" + "".join(
         f"{f'>= {m} px: images':>20}{'RCS %':>8}" for m in args.min_pixels)
