@@ -330,3 +330,31 @@ def test_benchmark_configs_resolve_to_the_official_settings(benchmark, lambda_lo
     assert arguments["optim"]["warmup_iters"] == arguments["preheat_iters"] == 5000
     assert arguments["lambda_local"] == lambda_local
     assert (arguments["segmentation_loss"], arguments["detach_alignment_map"]) == ("focal", False)
+
+
+def test_discriminator_sees_the_sum_of_the_upsampled_classifier_logits():
+    """Official order: `softmax(up(z1) + up(z2))` for the target (generator and D step) and
+    the source map, which in float32 is not bitwise `softmax(up(z1 + z2))`."""
+    method = tiny_clan(optim=OptimConfig(max_iters=100))
+    logits, seen = [], []
+    method.segmenter.register_forward_hook(
+        lambda module, inputs, outputs: logits.append({head: value.detach()
+                                                       for head, value in outputs.items()}))
+    method.discriminators["main"].register_forward_pre_hook(
+        lambda module, inputs: seen.append(inputs[0].detach()))
+    run_step(method, step=10)
+    source, target = first_training_batch()
+    expected, summed_first = [], []
+    for outputs, batch in zip(logits, (source, target), strict=True):
+        size = tuple(batch["image"].shape[-2:])
+        up = [F.interpolate(outputs[head], size=size, mode="bilinear", align_corners=True)
+              for head in ("first", "second")]
+        expected.append(F.softmax(up[0] + up[1], dim=1))
+        summed = F.interpolate(outputs["first"] + outputs["second"], size=size,
+                               mode="bilinear", align_corners=True)
+        summed_first.append(F.softmax(summed, dim=1))
+    (source_expected, target_expected), (_, target_summed_first) = expected, summed_first
+    assert len(seen) == 3, "generator (target), D source, D target"
+    assert torch.equal(seen[0], target_expected) and torch.equal(seen[2], target_expected)
+    assert torch.equal(seen[1], source_expected)
+    assert not torch.equal(seen[0], target_summed_first)

@@ -4,13 +4,14 @@ on-device photometric augmentation, long-tail pasting, the frozen and EMA teache
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
 from tests.helpers import assert_identical_weights, fit, fit_two_ranks, tiny_data, tiny_method
-from udaseg.batch_augment import MixPhotometric, class_mix_mask, paste
+from udaseg.batch_augment import MixPhotometric, RandomAffine, class_mix_mask, paste
 from udaseg.data import StrongView, UDADataModule, normalize
 from udaseg.data.transforms import input_to_unit_rgb, unit_rgb_to_input
 from udaseg.losses import confidence_fraction, mixed_pixel_weights, pixel_weighted_cross_entropy
@@ -32,6 +33,26 @@ def test_class_mix_takes_half_the_classes_and_never_the_ignore_label():
     long_tail = class_mix_mask(label, torch.Generator().manual_seed(0), drop=2)
     assert len(set(label[long_tail].tolist())) == 1             # max(2 - 2, 1)
     assert not class_mix_mask(torch.full((2, 2), 255), torch.Generator()).any()
+
+
+def test_class_mix_draws_the_ignore_label_as_officially_with_candidate():
+    """Official DACS and CIM draw ceil(n/2) of the label's values, the ignore label counted:
+    it may take a place (its pixels pasted), and one class fewer is pasted then."""
+    label = torch.tensor([[0, 0, 1, 1], [1, 1, 255, 255]])
+    never, candidate = ([set(label[class_mix_mask(label, torch.Generator().manual_seed(seed),
+                                                  ignore_label=choice)].tolist())
+                         for seed in range(20)] for choice in ("never", "candidate"))
+    assert all(len(chosen) == 1 and 255 not in chosen for chosen in never)   # ceil(2 / 2)
+    assert all(len(chosen) == 2 for chosen in candidate)                     # ceil(3 / 2)
+    assert {0, 255} in candidate and {1, 255} in candidate and {0, 1} in candidate
+    six = torch.tensor([[0, 1, 2, 3, 4, 5, 255]])
+    for choice, count in (("never", 1), ("candidate", 2)):    # max(ceil(n / 2) - 2, 1)
+        mask = class_mix_mask(six, torch.Generator(), drop=2, ignore_label=choice)
+        assert mask.sum() == count
+    unlabelled = torch.full((2, 2), 255)
+    assert class_mix_mask(unlabelled, torch.Generator(), ignore_label="candidate").all()
+    with pytest.raises(ValueError, match="'never' or 'candidate'"):
+        class_mix_mask(label, torch.Generator(), ignore_label="always")
 
 
 def test_paste_broadcasts_the_mask_over_channels():
@@ -125,6 +146,34 @@ def test_mixed_batch_pastes_source_classes_onto_target_with_pseudo_labels():
     # Half of the target pixels are confident (>= 0.968): the target weight is 0.5.
     assert losses["mix_target_weight"].item() == pytest.approx(0.5, abs=0.02)
     assert torch.allclose(weights[weights != 1.0], losses["mix_target_weight"])
+
+
+def test_classmix_ignore_label_candidate_pastes_unlabelled_source_pixels():
+    """A source crop labelled ignore everywhere: "candidate" pastes it whole (label 255, what
+    the official code does), "never" pastes nothing."""
+    batch, _, _ = next(iter(data().train_dataloader()))
+    source = {**batch["source"], "label": torch.full_like(batch["source"]["label"], 255)}
+    for choice, pasted in (("never", False), ("candidate", True)):
+        method = dacs(mix_photometric=OFF, classmix_ignore_label=choice)
+        _, labels, weights = method.mixed_batch(source, batch["target"], {})
+        assert (labels == 255).all() == pasted and (weights == 1.0).all() == pasted
+        assert (labels != 255).all() != pasted
+
+
+def test_mixing_refuses_a_data_module_without_normalization():
+    method = dacs()
+    with mock.patch.object(CrossDomainMixing, "trainer", new_callable=mock.PropertyMock,
+                           return_value=mock.Mock(datamodule=object())), \
+            pytest.raises(ValueError, match=r"mix_photometric .*data\.normalization"):
+        method.on_train_start()
+
+
+def test_cim_takes_tufl_out_of_frame_option():
+    method = dacs(lambda_ufl=0.08, out_of_frame="keep")
+    theta = RandomAffine(scale=(1.2, 1.2)).sample(1, torch.Generator())
+    logits = {head: torch.randn(1, method.num_classes, 4, 4) for head in ("main", "aux")}
+    assert method.target_predictions(logits, logits, theta, (4, 4))[2] is None
+    assert dacs(lambda_ufl=0.08).target_predictions(logits, logits, theta, (4, 4))[2] is not None
 
 
 def test_mixed_batch_refuses_crops_of_different_sizes():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tests.helpers import (
@@ -16,6 +18,7 @@ from tests.helpers import (
     fit_two_ranks,
     tiny_data,
     tiny_method,
+    tiny_segmenter,
 )
 from udaseg.batch_augment import (
     MixPhotometric,
@@ -273,3 +276,116 @@ def test_thresholds_follow_the_main_head_even_when_its_loss_weight_is_absent():
     method = tufl(class_weights="none", head_weights={"aux": 1.0}, initial_threshold=0.05)
     fit_tufl(method, steps=1)
     assert not torch.equal(method.thresholds, torch.full_like(method.thresholds, 0.05))
+
+
+# ------------------------------------------------------------------ official out-of-frame pixels
+# Written from ywher/TUFL `utils/loss.py`: AdaptUnsupFocalLoss (adaptive, focal_type 1) and
+# UnsupFocalLoss (fixed float32 0.8, focal_type 2), on clean logits warped with zero padding
+# (`perform_affine_tf`): no pixel is left out. One official call = update, then loss.
+def official_threshold_update(p: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """`ias_thresh` (b 0.8, d 8; theta appended in the scores' float32), momentum 0.9."""
+    confidence, label = p.max(dim=1)
+    psi = thresholds.clone()
+    for c in range(thresholds.numel()):
+        scores = confidence[label == c]
+        if scores.numel():
+            scores = torch.cat([scores, thresholds[c].float().view(1)]).sort(
+                descending=True).values
+            psi[c] = scores[int(scores.numel() * 0.8 * thresholds[c] ** 8.0)]
+    beta = 0.9
+    updated = beta * thresholds + (1 - beta) * psi   # (1 - beta) is not 0.1 in float64
+    updated[updated >= 1] = 0.999
+    return updated
+
+
+def official_focal_loss(p: torch.Tensor, q: torch.Tensor, thresholds: torch.Tensor | None,
+                        weights: torch.Tensor) -> float:
+    """Per-class thresholds (adaptive, m = 1 - q_y) or None (fixed 0.8, m = |p_y - q_y|)."""
+    confidence, label = p.max(dim=1)
+    one_hot = F.one_hot(label, p.shape[1]).permute(0, 3, 1, 2).float()
+    if thresholds is not None:
+        mask, difference = confidence > thresholds[label], (1 - q) * one_hot
+    else:
+        mask, difference = confidence > torch.tensor(0.8), (p - q) * one_hot
+    m = difference.sum(dim=1, keepdim=True).abs()
+    loss = (p * (torch.log(p + 1e-30) - m.pow(2) * torch.log(q + 1e-30))
+            - p * torch.log(p + 1e-30)) * weights.view(1, -1, 1, 1)
+    return loss.sum(dim=1)[mask].clamp(min=1e-8).mean().item()
+
+
+@pytest.mark.parametrize("threshold, updates", [("adaptive", "per_head"),
+                                                ("adaptive", "per_iteration"),
+                                                ("fixed", "per_iteration")])
+def test_out_of_frame_keep_reproduces_the_official_selection_thresholds_and_loss(
+        threshold, updates):
+    generator = torch.Generator().manual_seed(0)
+    theta = RandomAffine(scale=(1.15, 1.25)).sample(2, generator)   # corners leave the frame
+    assert not in_frame_mask(theta, (9, 11)).all()
+    clean, strong = ({head: torch.randn(2, 13, 9, 11, generator=generator) * 4
+                      for head in ("main", "aux")} for _ in range(2))
+    weights = torch.rand(13, generator=generator) + 1
+    adaptive = threshold == "adaptive"
+
+    def method_run(out_of_frame: str) -> tuple[dict, torch.Tensor]:
+        method = TUFL(num_classes=13, segmenter=tiny_segmenter(method_class=TUFL),
+                      class_weights=weights.tolist(), threshold=threshold,
+                      modulation="confidence" if adaptive else "difference",
+                      threshold_updates=updates, head_weights={"main": 1.0, "aux": 0.5},
+                      out_of_frame=out_of_frame)
+        losses: dict = {}
+        method.focal_loss(method.target_predictions(clean, strong, theta, (9, 11)), losses)
+        return losses, method.thresholds
+
+    p, q = ({head: F.softmax(logits, dim=1) for head, logits in views.items()} for views in (
+        {head: F.grid_sample(logits, F.affine_grid(theta, list(logits.shape), align_corners=False),
+                             padding_mode="zeros", align_corners=False)
+         for head, logits in clean.items()}, strong))
+    thresholds = torch.full((13,), 0.8, dtype=torch.float64)
+    if adaptive and updates == "per_iteration":   # udaseg's rule: once, from the main head
+        thresholds = official_threshold_update(p["main"], thresholds)
+    expected = {}
+    for head in ("main", "aux"):
+        if adaptive and updates == "per_head":
+            thresholds = official_threshold_update(p[head], thresholds)
+        expected[head] = official_focal_loss(p[head], q[head], thresholds if adaptive else None,
+                                             weights)
+    kept, kept_thresholds = method_run("keep")
+    assert torch.equal(kept_thresholds, thresholds)
+    assert [kept[f"ufl_{head}"].item() for head in ("main", "aux")] == \
+        [expected["main"], expected["aux"]]
+    excluded, excluded_thresholds = method_run("exclude")   # the default
+    assert excluded["ufl_main"].item() != expected["main"]
+    if adaptive:
+        assert not torch.equal(excluded_thresholds, thresholds)
+
+
+def test_official_float32_precision_of_threshold_steps():
+    """An appended theta comes back as float32(theta) (official `ias_thresh`); the fixed
+    threshold is float32(0.8), so a confidence of exactly float32(0.8) is not above it."""
+    thresholds = torch.full((1,), 0.8, dtype=torch.float64)
+    updated = adaptive_thresholds(torch.tensor([0.5]), torch.tensor([0]), thresholds)
+    assert updated.item() == 0.9 * 0.8 + (1 - 0.9) * float(torch.tensor(0.8))
+    method = tufl(threshold="fixed", class_weights="none")
+    prob = torch.tensor([0.8, 0.2]).view(1, 2, 1, 1)
+    assert not method.select_pixels(prob).any()
+    assert method.select_pixels(prob + torch.tensor([1e-7, -1e-7]).view(1, 2, 1, 1)).all()
+
+
+class NoNormalization:
+    """A data module that declares no input normalisation."""
+
+
+def on_train_start_with(method: TUFL, datamodule: object) -> None:
+    with mock.patch.object(type(method), "trainer", new_callable=mock.PropertyMock,
+                           return_value=mock.Mock(datamodule=datamodule)):
+        method.on_train_start()
+
+
+def test_device_strong_view_refuses_a_data_module_without_normalization():
+    with pytest.raises(ValueError, match=r"device_strong_view .*data\.normalization"):
+        on_train_start_with(tufl(device_strong_view={}, class_weights="none"),
+                            NoNormalization())
+    method = tufl(device_strong_view={}, class_weights="none")
+    on_train_start_with(method, mock.Mock(normalization="caffe_bgr"))
+    assert method.input_normalization == "caffe_bgr"
+    on_train_start_with(tufl(class_weights="none"), NoNormalization())   # worker view: not needed

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -84,17 +84,27 @@ def iteration_generator(seed: int, iteration: int, rank: int, stream: int = 0) -
 
 
 # ----------------------------------------------------------------- cross-domain mixing
-def class_mix_mask(label: torch.Tensor, generator: torch.Generator, ignore_index: int = 255,
-                   drop: int = 0) -> torch.Tensor:
-    """ClassMix mask of one (H, W) source label: True on the pixels of `ceil(n / 2) - drop`
-    (at least one) of its n classes, picked uniformly without replacement.
+#: Whether ClassMix may draw the ignore label: "never", or "candidate" (official DACS, CIM).
+ClassMixIgnoreLabel = Literal["never", "candidate"]
 
-    ClassMix (Olsson et al., WACV 2021) as DACS and TUFL's CIM use it; unlike the official
-    code the ignore label is never a candidate. `drop` is CIM's long-tail variant (2: room for
-    the pasted rare classes). An image with no labelled pixel gives an empty mask.
+
+def class_mix_mask(label: torch.Tensor, generator: torch.Generator, ignore_index: int = 255,
+                   drop: int = 0, ignore_label: ClassMixIgnoreLabel = "never") -> torch.Tensor:
+    """ClassMix mask of one (H, W) source label: True on the pixels of `max(ceil(n / 2) -
+    drop, 1)` of its n candidate values, picked uniformly without replacement.
+
+    ClassMix (Olsson et al., WACV 2021) as DACS and TUFL's CIM use it. `ignore_label`:
+    "never", the candidates are the label's classes (an image with no labelled pixel gives an
+    empty mask); "candidate", every value of the label, `ignore_index` included, as the official
+    code draws (`torch.unique` of the label): the ignore label then counts in n and may take a
+    place, its pixels pasted in the place of a class. `drop` is CIM's long-tail variant (2: room
+    for the pasted rare classes).
     """
+    if ignore_label not in ("never", "candidate"):
+        raise ValueError(f"ignore_label must be 'never' or 'candidate', got {ignore_label!r}")
     classes = torch.unique(label)
-    classes = classes[classes != ignore_index]
+    if ignore_label == "never":
+        classes = classes[classes != ignore_index]
     if classes.numel() == 0:
         return torch.zeros_like(label, dtype=torch.bool)
     count = max((classes.numel() + 1) // 2 - drop, 1)

@@ -111,6 +111,9 @@ def adaptive_thresholds(confidence: torch.Tensor, predicted: torch.Tensor,
     lowers its threshold less; `a` keeps the history. TUFL's constants: b 0.8, d 8, a 0.9,
     theta_0 0.8.
 
+    Official precision: `theta_c` is appended to the scores in their dtype (float32 for
+    float32 probabilities), so a `psi_c` that is `theta_c` itself comes back rounded to float32.
+
     Args:
         confidence: max clean probability of each counted pixel, any shape.
         predicted: the predicted class of each pixel, same shape.
@@ -118,7 +121,7 @@ def adaptive_thresholds(confidence: torch.Tensor, predicted: torch.Tensor,
 
     Returns the new (C,) thresholds, same dtype; the input is not modified.
     """
-    confidence = confidence.detach().reshape(-1).to(thresholds.dtype)
+    confidence = confidence.detach().reshape(-1)
     predicted = predicted.reshape(-1)
     ranked = thresholds.clone()
     for class_index in range(thresholds.numel()):
@@ -126,7 +129,9 @@ def adaptive_thresholds(confidence: torch.Tensor, predicted: torch.Tensor,
         scores = confidence[predicted == class_index]
         if scores.numel() == 0:
             continue
-        scores = torch.sort(torch.cat([scores, theta.view(1)]), descending=True).values
+        # theta joins the scores at their precision, as officially (float32 probabilities).
+        scores = torch.cat([scores, theta.to(scores.dtype).view(1)])
+        scores = torch.sort(scores, descending=True).values
         ranked[class_index] = scores[int(scores.numel() * b * float(theta) ** d)]
     updated = a * thresholds + (1 - a) * ranked
     return torch.where(updated >= 1, torch.full_like(updated, ceiling), updated)

@@ -25,7 +25,6 @@ from udaseg.losses import (
     weighted_bce_with_constant,
 )
 from udaseg.methods.adversarial import SOURCE_LABEL, TARGET_LABEL, AdversarialMethod
-from udaseg.methods.base import level_probabilities
 from udaseg.methods.fast_path import paired_forward
 from udaseg.models import MAIN, DualClassifierDeepLab, SegmenterFactory, SegmenterOutput
 from udaseg.models.dual_classifier import FIRST, SECOND
@@ -42,8 +41,9 @@ class CLAN(AdversarialMethod):
     `L_weight = weight_discrepancy_loss(layer5, layer6)`; then D on the detached source map
     (plain BCE, label source) and the detached target map (label target, weighted with the
     detached M after the pre-heat), no halving, no damping; finally both optimisers step.
-    Logits are upsampled (bilinear, align_corners=True) to the input size before every softmax,
-    and D's output to the input size before its loss, as in the official code.
+    Logits are upsampled (bilinear, align_corners=True) to the input size before every softmax
+    (each classifier's before the sum, so D sees `softmax(up(z1) + up(z2))`), and D's output
+    to the input size before its loss, as in the official code.
 
     Schedules (official: 100k iterations, 5k pre-heat):
     - `damping = 1 - iteration / max_iters`, with `max_iters` the poly horizon (officially both
@@ -138,6 +138,14 @@ class CLAN(AdversarialMethod):
         losses["seg"] = losses["seg_first"] + losses["seg_second"]
         return losses
 
+    @staticmethod
+    def summed_probability(outputs: SegmenterOutput, size: tuple[int, int]) -> torch.Tensor:
+        """`softmax(up(z1) + up(z2))`, D's input: each classifier's logits upsampled to `size`,
+        then summed (the official order; in float32 not bitwise `softmax(up(z1 + z2))`, which
+        is the main head upsampled, as official evaluation does)."""
+        first, second = (upsample_logits(outputs[head], size) for head in (FIRST, SECOND))
+        return F.softmax(first + second, dim=1)
+
     def discriminate(self, probability: torch.Tensor) -> torch.Tensor:
         """D's logits for a (N, C, H, W) softmax map, upsampled to (N, 1, H, W) (official)."""
         return upsample_logits(self.discriminators["main"](probability),
@@ -164,10 +172,10 @@ class CLAN(AdversarialMethod):
         with self.frozen_discriminators():
             source_outputs, losses, (target_outputs,) = self.supervised_step(source,
                                                                              target["image"])
-            first, second = (F.softmax(upsample_logits(target_outputs[head], target_size), dim=1)
+            first, second = (upsample_logits(target_outputs[head], target_size)
                              for head in (FIRST, SECOND))
-            alignment_map = local_alignment_map(first, second)
-            target_probability = level_probabilities(target_outputs, target_size)[MAIN]
+            alignment_map = local_alignment_map(F.softmax(first, dim=1), F.softmax(second, dim=1))
+            target_probability = F.softmax(first + second, dim=1)
             generator_map = (alignment_map.detach() if hparams.detach_alignment_map
                              else alignment_map)
             losses["adv"] = self.adversarial_loss(self.discriminate(target_probability),
@@ -179,7 +187,7 @@ class CLAN(AdversarialMethod):
                 + hparams.lambda_weight * losses["weight_discrepancy"]))
 
         with torch.no_grad():  # the discriminator sees detached maps only
-            source_probability = level_probabilities(source_outputs, source_size)[MAIN]
+            source_probability = self.summed_probability(source_outputs, source_size)
         source_logits, target_logits = paired_forward(
             self.discriminate, source_probability, target_probability.detach(),
             fused=self.fast_path.fused_forward)

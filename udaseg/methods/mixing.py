@@ -57,6 +57,9 @@ class CrossDomainMixing(LongTailPasting, TUFL):
         lambda_ufl: TUFL's focal term on the two target views (CIM 0.08; 0 switches it and the
             strong view off, as in DACS).
         pseudo_confidence: teacher confidence that counts as sure in the target weight (0.968).
+        classmix_ignore_label: "never" (ClassMix draws among the source label's classes) or
+            "candidate" (official DACS and CIM: the ignore label is drawn like a class and its
+            pixels pasted, still ignored, in the place of one; `class_mix_mask`).
         long_tail_p: probability, per pair, of long-tail pasting (CIM 0.3; DACS 0).
         long_tail_classes: classes that may be pasted; None = every class (the official
             adaptive run).
@@ -64,7 +67,8 @@ class CrossDomainMixing(LongTailPasting, TUFL):
         long_tail_sampling: "threshold", with replacement, with probabilities softmax(1 /
             theta_c) (the official adaptive run: classes the model is unsure of come first), or
             "uniform", without replacement.
-        mix_photometric: augmentation of the mixed image (default: TUFL's strong view).
+        mix_photometric: augmentation of the mixed image (default: TUFL's strong view), on
+            the device: needs `data.normalization`.
         **kwargs: `TUFL` and `UDAMethod` arguments.
     """
 
@@ -75,6 +79,7 @@ class CrossDomainMixing(LongTailPasting, TUFL):
                  teacher_bn: Optional[Literal["train", "eval"]] = None,
                  lambda_mix: float = 0.5, lambda_ufl: float = 0.08,
                  pseudo_confidence: float = 0.968, long_tail_p: float = 0.3,
+                 classmix_ignore_label: Literal["never", "candidate"] = "never",
                  long_tail_classes: Optional[list[int]] = None,
                  long_tail_count: tuple[int, int] = (2, 4),
                  long_tail_sampling: Literal["threshold", "uniform"] = "threshold",
@@ -110,10 +115,16 @@ class CrossDomainMixing(LongTailPasting, TUFL):
         # A train-mode teacher's running statistics move with each rank's own target shard.
         return [*super().bn_statistics_modules(), self.teacher]
 
+    def compiled_networks(self) -> list[torch.nn.Module]:
+        return [*super().compiled_networks(), self.teacher]
+
     def on_train_start(self) -> None:
         super().on_train_start()
         if self.hparams.long_tail_p > 0:
             self.prefetch_donors()
+
+    def device_photometric_settings(self) -> list[str]:
+        return [*super().device_photometric_settings(), "mix_photometric"]
 
     def step_optimizers(self, optimizers: list) -> None:
         iteration = self.global_step
@@ -155,7 +166,8 @@ class CrossDomainMixing(LongTailPasting, TUFL):
             image, label = source_images[index], source_labels[index]
             long_tail = float(torch.rand((), generator=generator)) < self.hparams.long_tail_p
             mask = class_mix_mask(label, generator, self.ignore_index,
-                                  drop=LONG_TAIL_CLASSMIX_DROP if long_tail else 0)
+                                  drop=LONG_TAIL_CLASSMIX_DROP if long_tail else 0,
+                                  ignore_label=self.hparams.classmix_ignore_label)
             if long_tail:
                 image, label, mask = self.paste_long_tail(image, label, mask, generator)
             images.append(paste(mask, image, target_images[index]))

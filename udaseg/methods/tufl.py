@@ -12,8 +12,11 @@ Official-code choices (README "Official quirks"):
   moves them once per BiSeNet head (3 times an iteration). Here they are a checkpointed buffer
   updated from the statistics of every rank (identical everywhere), once per iteration from the
   main head; `threshold_updates: per_head` reproduces the per-head updates.
-- Pixels warped in from outside the frame become uniform (1/C confident) officially and still
-  enter the threshold statistics (as class 0); here they never count.
+- Out-of-frame pixels: officially the clean logits are warped with zero padding, so a pixel
+  whose warped position is partly outside the frame has damped logits (uniform ones, argmax
+  class 0, when fully outside); it enters the selection, the loss and the threshold statistics.
+  Here (`out_of_frame: exclude`) such pixels never count; `out_of_frame: keep` reproduces the
+  official selection, threshold update and loss.
 - Class weights: hard-coded for Cityscapes officially; computed from source label frequencies
   (`class_balance_weights`) or given as a list here; they weight the supervised loss too, with
   the official normalisation (`class_weighted_cross_entropy`).
@@ -31,14 +34,13 @@ import torch.nn.functional as F
 
 from udaseg.batch_augment import MixPhotometric, RandomAffine
 from udaseg.losses import (
-    adaptive_thresholds,
     class_balance_weights,
     class_weighted_cross_entropy,
-    confidence_selection,
     unsupervised_focal_loss,
 )
 from udaseg.losses.consistency import FocalModulation
 from udaseg.methods.base import UDAMethod
+from udaseg.methods.threshold_selection import ThresholdSelection
 from udaseg.methods.two_views import TwoViews
 from udaseg.models import MAIN
 
@@ -47,7 +49,7 @@ torch.serialization.add_safe_globals([RandomAffine, MixPhotometric])
 ClassWeighting = Union[Literal["source_frequency", "none"], list[float]]
 
 
-class TUFL(TwoViews, UDAMethod):
+class TUFL(ThresholdSelection, TwoViews, UDAMethod):
     """`L = L_sup + adaptation_weight * lambda_ufl * sum_head w_head * L_UFL(head)`.
 
     Head weights `w_head` are the supervised ones (`loss_head_weights`); every head's clean
@@ -63,6 +65,11 @@ class TUFL(TwoViews, UDAMethod):
         initial_threshold: theta_0, and the fixed threshold (0.8).
         threshold_rank, threshold_exponent, threshold_momentum: IAST's b 0.8, d 8, a 0.9.
         threshold_updates: "per_iteration" (main head, once) or "per_head" (official).
+        out_of_frame: target pixels whose warped position lies partly or wholly outside the
+            frame: "exclude" (never selected nor counted in the threshold statistics: their
+            zero-padded logits are not the network's prediction, and fully outside ones would
+            pile up as uniform class-0 pixels, dragging class 0's threshold down) or "keep"
+            (official: they count like any other pixel).
         class_weights: "source_frequency" (ENet rule on the source labels, one pass over them
             when training starts), "none", or one weight per class.
         class_weight_offset: the ENet rule's offset (1.10 matches the official range).
@@ -72,7 +79,7 @@ class TUFL(TwoViews, UDAMethod):
             whole target batch (`udaseg.batch_augment.MixPhotometric`; `{}` = TUFL's steps
             without the shadow overlay), instead of reading "strong_image" from the data
             module (`data.target_strong_view`: PIL, in the DataLoader workers, the official
-            order with the shadow). None = the data module's.
+            order with the shadow). None = the data module's. Needs `data.normalization`.
         bn_stats: "frozen" as officially (`net.eval()`); "batch" for networks trained from
             scratch (the built-in benchmark).
         **kwargs: `UDAMethod` arguments.
@@ -86,6 +93,7 @@ class TUFL(TwoViews, UDAMethod):
                  initial_threshold: float = 0.8, threshold_rank: float = 0.8,
                  threshold_exponent: float = 8.0, threshold_momentum: float = 0.9,
                  threshold_updates: Literal["per_iteration", "per_head"] = "per_iteration",
+                 out_of_frame: Literal["exclude", "keep"] = "exclude",
                  class_weights: ClassWeighting = "source_frequency",
                  class_weight_offset: float = 1.10, weighted_source_loss: bool = True,
                  strong_affine: RandomAffine = RandomAffine(),
@@ -97,8 +105,8 @@ class TUFL(TwoViews, UDAMethod):
         self.device_strong_view = (MixPhotometric(**device_strong_view)
                                    if isinstance(device_strong_view, dict)
                                    else device_strong_view)
-        # The data module's input normalisation, read when training starts: on-device
-        # photometric steps work on RGB in [0, 1].
+        # The data module's input normalisation, read when training starts (until then
+        # ImageNet's): on-device photometric steps work on RGB in [0, 1].
         self.input_normalization = "imagenet"
         # float64 as officially: the update mixes in (1 - a) * psi every iteration.
         self.register_buffer("thresholds", torch.full((self.num_classes,), initial_threshold,
@@ -124,7 +132,7 @@ class TUFL(TwoViews, UDAMethod):
         # seed_everything's seed: the affine draws of iteration k are the same in every run
         # with that seed, resumed or not.
         self.augmentation_seed = torch.initial_seed()
-        self.input_normalization = getattr(self.trainer.datamodule, "normalization", "imagenet")
+        self.read_input_normalization(self.trainer.datamodule)
         if self.hparams.class_weights == "source_frequency" and not self.class_weights.any():
             counts = np.asarray(self.trainer.datamodule.source_pixel_counts()).sum(axis=0)
             weights = class_balance_weights(torch.from_numpy(counts),
@@ -137,31 +145,6 @@ class TUFL(TwoViews, UDAMethod):
             return super().source_pixel_loss(logits, labels)
         return class_weighted_cross_entropy(logits, labels, weights, self.ignore_index)
 
-    # ----------------------------------------------------------------- thresholds
-    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` of every rank, concatenated along dim 0 (itself on one process)."""
-        if self._trainer is None or self.trainer.world_size <= 1:
-            return tensor
-        return self.all_gather(tensor).flatten(0, 1)
-
-    @torch.no_grad()
-    def update_thresholds(self, clean_prob: torch.Tensor, in_frame: torch.Tensor) -> None:
-        """IAST step from the in-frame clean predictions of all ranks (same result on each)."""
-        confidence, predicted = clean_prob.max(dim=1)
-        # uint8: gloo cannot gather bool tensors.
-        confidence, predicted, in_frame = (self.gather(value) for value in
-                                           (confidence, predicted, in_frame.to(torch.uint8)))
-        in_frame = in_frame.bool()
-        self.thresholds.copy_(adaptive_thresholds(
-            confidence[in_frame], predicted[in_frame], self.thresholds,
-            b=self.hparams.threshold_rank, d=self.hparams.threshold_exponent,
-            a=self.hparams.threshold_momentum))
-
-    def selection_thresholds(self) -> torch.Tensor:
-        if self.hparams.threshold == "fixed":
-            return torch.tensor(self.hparams.initial_threshold, dtype=torch.float64)
-        return self.thresholds
-
     # ----------------------------------------------------------------- iteration
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
         strong_images, theta = self.strong_view(target)
@@ -173,7 +156,7 @@ class TUFL(TwoViews, UDAMethod):
         return losses
 
     def focal_loss(self, predictions: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
-                                            torch.Tensor],
+                                            Optional[torch.Tensor]],
                    losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """`sum_head w_head * L_UFL(head)` of this target batch's `target_predictions`
         (thresholds updated first); its terms, the selected share and the thresholds are
@@ -190,7 +173,7 @@ class TUFL(TwoViews, UDAMethod):
             clean_prob = clean_probs[head]
             if adaptive and per_head:
                 self.update_thresholds(clean_prob, in_frame)
-            selected = confidence_selection(clean_prob, self.selection_thresholds(), in_frame)
+            selected = self.select_pixels(clean_prob, in_frame)
             losses[f"ufl_{head}"] = unsupervised_focal_loss(
                 clean_logits[head], strong_logits[head], selected,
                 self.loss_class_weights, self.hparams.focal_gamma, self.hparams.modulation)
