@@ -7,9 +7,12 @@
 - `fused_forward`: the images of one iteration (source, target, and e.g. TUFL's strong view or
   a mixed batch) go through the segmenter in **one** batched forward, the discriminators see
   their source and target maps in one batch, and the iteration's losses get one backward.
-  Exact only where no layer mixes images: with `bn_stats: frozen` (BN in eval mode). With batch
-  statistics a joint batch would normalise source and target together, unlike the papers, so
-  the method refuses it. Batches are concatenated, so their images must have one size.
+  Batches are concatenated, so their images must have one size. The convolutions run once on
+  the joint batch, but a BN layer with batch statistics (`bn_stats: batch`) normalises each
+  batch by its own statistics and updates its running statistics batch after batch, in the
+  order `supervised_step` gets them (`per_batch_norm`): per domain, as the separate forwards
+  do (SyncBatchNorm is refused there). With `bn_stats: frozen` BN is in eval mode and nothing
+  is split.
 - `compile`: `torch.compile` of the segmenter, the discriminators and a teacher, in place
   (state-dict keys unchanged), when a fit, validation or test sets the model up.
 
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from udaseg.models import SegmenterOutput
 
@@ -39,7 +44,8 @@ class FastPath:
     Args:
         channels_last: NHWC layout for the networks and the image batches.
         fused_forward: one batched segmenter forward (and one discriminator forward per
-            level) per iteration, one backward; needs `bn_stats: frozen` and images of one size.
+            level) per iteration, one backward; needs images of one size. BN with batch
+            statistics still normalises each batch (domain) by its own statistics.
         compile: `torch.compile` the networks (first iterations are slow while it compiles;
             shapes that change, e.g. evaluation images, compile again).
         compile_mode: torch.compile's `mode` ("default", "reduce-overhead", "max-autotune").
@@ -58,13 +64,60 @@ class FastPath:
 torch.serialization.add_safe_globals([FastPath])
 
 
-def check_fast_path(fast_path: FastPath, bn_stats: str) -> None:
-    """Refuse the combinations that would change the computation."""
-    if fast_path.fused_forward and bn_stats != "frozen":
+@contextmanager
+def per_batch_norm(network: nn.Module, sizes: Sequence[int]) -> Iterator[None]:
+    """Inside the block, every train-mode BN layer of `network` splits its input into chunks of
+    `sizes` images and runs its own forward on each chunk in turn, then concatenates them.
+
+    So each chunk is normalised by its own batch statistics, its gradient is that of the
+    separate forward, and the running statistics (and `num_batches_tracked`, on which
+    `momentum=None`'s cumulative average depends) are updated chunk after chunk, as separate
+    forwards in that order would; every other layer sees the whole batch. SyncBatchNorm is
+    refused: it reduces its statistics across ranks by collectives that this has not been
+    checked with.
+    """
+    layers = [module for module in network.modules()
+              if isinstance(module, _BatchNorm) and module.training]
+    if len(sizes) < 2 or not layers:
+        yield
+        return
+    synchronised = [module for module in layers if isinstance(module, nn.SyncBatchNorm)]
+    if synchronised:
         raise ValueError(
-            "model.init_args.fast_path.fused_forward needs model.init_args.bn_stats: frozen: "
-            "with batch statistics one forward over source and target images would normalise "
-            "them together, unlike the separate passes of the papers")
+            "model.init_args.fast_path.fused_forward with bn_stats: batch normalises each batch "
+            f"of the joint forward by its own statistics, which {len(synchronised)} SyncBatchNorm "
+            "layer(s) do not support: set trainer.sync_batchnorm: false, bn_stats: frozen or "
+            "fused_forward: false")
+    sizes = [int(size) for size in sizes]
+    # An instance attribute that shadows the class's `forward` (which it calls): the modules,
+    # their hooks and what optimisers and torch.compile hold stay the same (torch.compile
+    # guards on it and keeps one graph for the fused forwards).
+    shadowed = [(layer, vars(layer).get("forward")) for layer in layers]
+    for layer in layers:
+        layer.forward = _chunked_forward(layer, sizes)
+    try:
+        yield
+    finally:
+        for layer, previous in shadowed:
+            del layer.forward
+            if previous is not None:
+                layer.forward = previous
+
+
+def _chunked_forward(layer: _BatchNorm, sizes: list[int]) -> Callable[[torch.Tensor],
+                                                                      torch.Tensor]:
+    forward = type(layer).forward
+
+    def chunked(batch: torch.Tensor) -> torch.Tensor:
+        if batch.shape[0] != sum(sizes):
+            raise ValueError(
+                f"fast_path.fused_forward splits each BN layer's input into the iteration's "
+                f"batches of {sizes} images, but a {type(layer).__name__} got {batch.shape[0]}: "
+                "this segmenter normalises something other than a batch of images; set "
+                "fused_forward: false or bn_stats: frozen")
+        return torch.cat([forward(layer, chunk) for chunk in batch.split(sizes)])
+
+    return chunked
 
 
 def to_channels_last(batch: object) -> object:
@@ -80,12 +133,13 @@ def to_channels_last(batch: object) -> object:
     return batch
 
 
-def batched_forward(network: Callable[[torch.Tensor], SegmenterOutput],
+def batched_forward(network: nn.Module,
                     images: Sequence[torch.Tensor]) -> list[SegmenterOutput]:
     """`[network(batch) for batch in images]` computed as one forward of their concatenation.
 
-    Equal to the separate forwards (up to float rounding) for networks that treat images
-    independently (no batch-statistics BN). Raises if the batches differ in image size.
+    Equal to the separate forwards (up to float rounding), running statistics included, for
+    networks whose only layers that mix images are BN layers (`per_batch_norm`). Raises if the
+    batches differ in image size.
     """
     sizes = {tuple(batch.shape[1:]) for batch in images}
     if len(sizes) > 1:
@@ -95,7 +149,8 @@ def batched_forward(network: Callable[[torch.Tensor], SegmenterOutput],
             "(data.source_augmentation.crop / data.target_augmentation.crop) or set "
             "fused_forward: false")
     counts = [batch.shape[0] for batch in images]
-    joint = network(torch.cat(list(images)))
+    with per_batch_norm(network, counts):
+        joint = network(torch.cat(list(images)))
     split = {head: logits.split(counts) for head, logits in joint.items()}
     return [{head: parts[index] for head, parts in split.items()}
             for index in range(len(images))]
@@ -139,10 +194,15 @@ class FastPathHooks:
             for network in (self.segmenter, self.discriminators):
                 network.to(memory_format=torch.channels_last)
 
+    def compiled_networks(self) -> list[nn.Module]:
+        """The networks `compile` compiles: the segmenter and the discriminators; methods with
+        further networks (a teacher) add them."""
+        return [self.segmenter, *self.discriminators.values()]
+
     def setup(self, stage: str) -> None:
         # Compiled in place: state-dict keys, checkpoints and optimisers see the same modules.
         if self.fast_path.compile:
-            for network in (self.segmenter, *self.discriminators.values()):
+            for network in self.compiled_networks():
                 if getattr(network, "_compiled_call_impl", None) is None:
                     network.compile(mode=self.fast_path.compile_mode,
                                     backend=self.fast_path.compile_backend)
