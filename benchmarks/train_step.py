@@ -14,9 +14,10 @@ and print one table with each row's time as a ratio to the first row's:
     python benchmarks/train_step.py --method AdvEnt --precision 32-true bf16-mixed \
         --bn-stats batch frozen --channels-last off on --fused off on
 
-`--fused on` needs frozen BN (`--bn-stats frozen`); combinations with batch statistics are
-skipped. With frozen BN the random network's running statistics are first set from one batch,
-so that an uncalibrated ResNet-101 does not overflow.
+`--fused on` runs with either `--bn-stats`: with batch statistics each BN layer of the joint
+forward normalises source and target by their own statistics, as the separate forwards do. With
+frozen BN the random network's running statistics are first set from one batch, so that an
+uncalibrated ResNet-101 does not overflow.
 
 Target batches carry a strong view too (TUFL). Methods that read the source set when training
 starts get it through `--init-args` instead: TUFL's class weights default to 1 per class here,
@@ -24,6 +25,16 @@ and CIM's long-tail pasting (which reads source crops from disk) is not timed.
 
 An iteration is the method's full `adaptation_step` plus the optimizer steps, timed through
 Lightning (manual optimisation, AMP) on random tensors; the median after warm-up is reported.
+
+`--plain-advent` adds a first row, the baseline of the ratios: ADVENT's AdvEnt iteration as a
+plain PyTorch loop in the official order around the same networks (`benchmarks/plain_advent.py`;
+batch BN, no fast path), so the table says what udaseg's loop and each switch cost against it:
+
+    python benchmarks/train_step.py --method AdvEnt --plain-advent --bn-stats batch \
+        --channels-last off on --fused off on
+
+Every table starts with the CPU model and whether it computes bf16 natively
+(`udaseg.hardware`): without native bf16 (AVX2 only), bf16-mixed is many times slower than fp32.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ import pytorch_lightning as pl
 import torch
 
 import udaseg.methods as methods
+from udaseg.hardware import cpu_info
 from udaseg.methods.fast_path import FastPath
 from udaseg.models.segmenter import resolve_class
 
@@ -91,8 +103,24 @@ def calibrate_bn(segmenter: torch.nn.Module, batch: torch.Tensor) -> None:
         layer.momentum = momentum
 
 
+def measure_plain_advent(args: argparse.Namespace) -> dict:
+    """Time the plain ADVENT loop (`benchmarks/plain_advent.py`) in this process."""
+    from plain_advent import plain_advent_times  # next to this script
+
+    times = plain_advent_times(random_batches(args, args.num_classes), args.num_classes,
+                               args.depth, args.width, args.discriminator_width,
+                               args.precision, args.warmup + args.iterations)[args.warmup:]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"loop": "plain ADVENT", **{name: getattr(args, name) for name in SWITCHES},
+            "bn_stats": "batch", "channels_last": "off", "fused": "off", "compile": "off",
+            "median": statistics.median(times), "min": min(times), "max": max(times),
+            "peak_gib": peak, "segmenter": "DeepLabV2", "threads": torch.get_num_threads()}
+
+
 def measure(args: argparse.Namespace) -> dict:
     """Time one combination in this process; the row of the table."""
+    if args.loop == "plain":
+        return measure_plain_advent(args)
     method_class = getattr(methods, args.method)
     extra = ({"discriminator_width": args.discriminator_width}
              if issubclass(method_class, methods.AdversarialMethod) else {})
@@ -121,16 +149,17 @@ def measure(args: argparse.Namespace) -> dict:
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {**{name: getattr(args, name) for name in SWITCHES},
+    return {"loop": "udaseg", **{name: getattr(args, name) for name in SWITCHES},
             "median": statistics.median(measured), "min": min(measured), "max": max(measured),
             "peak_gib": peak, "segmenter": segmenter_class.__name__,
             "threads": torch.get_num_threads()}
 
 
 def combinations(args: argparse.Namespace) -> list[dict]:
-    rows = [dict(zip(SWITCHES, values, strict=True)) for values in
+    """Every combination of the switches' values, in the order given (the first row is the
+    baseline of the ratios)."""
+    return [dict(zip(SWITCHES, values, strict=True)) for values in
             itertools.product(*(getattr(args, name) for name in SWITCHES))]
-    return [row for row in rows if not (row["fused"] == "on" and row["bn_stats"] != "frozen")]
 
 
 def main() -> None:
@@ -150,7 +179,7 @@ def main() -> None:
     parser.add_argument("--bn-stats", nargs="+", default=["batch"], choices=["batch", "frozen"])
     on_off = {"nargs": "+", "choices": ["off", "on"], "default": ["off"]}
     parser.add_argument("--channels-last", **on_off)
-    parser.add_argument("--fused", **on_off, help="fused forwards (needs --bn-stats frozen)")
+    parser.add_argument("--fused", **on_off, help="fused forwards")
     parser.add_argument("--compile", **on_off, help="torch.compile the networks")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--warmup", type=int, default=2)
@@ -158,6 +187,11 @@ def main() -> None:
     parser.add_argument("--init-args", type=json.loads, default={},
                         help="JSON of further method arguments, e.g. CrossDomainMixing's "
                              '\'{"teacher": "ema"}\'')
+    parser.add_argument("--plain-advent", action="store_true",
+                        help="first row (the ratios' baseline): ADVENT's iteration as a plain "
+                             "PyTorch loop, fp32 (benchmarks/plain_advent.py)")
+    parser.add_argument("--loop", default="udaseg", choices=["udaseg", "plain"],
+                        help=argparse.SUPPRESS)   # what a --json row process measures
     parser.add_argument("--json", action="store_true",
                         help="measure the one combination given and print it as JSON (what "
                              "each row's process runs)")
@@ -168,12 +202,14 @@ def main() -> None:
             setattr(args, name, getattr(args, name)[0])
         print("ROW " + json.dumps(measure(args)), flush=True)
         return
-    rows = combinations(args)
-    if not rows:
-        parser.error("no combination left: --fused on needs --bn-stats frozen")
+    if args.plain_advent and args.method != "AdvEnt":
+        parser.error("--plain-advent is ADVENT's AdvEnt iteration: use it with --method AdvEnt")
     results = []
-    for row in rows:
-        command = [sys.executable, __file__, "--json", *row_arguments(row), *passthrough(args)]
+    baseline = [{**combinations(args)[0], "precision": "32-true"}] if args.plain_advent else []
+    for index, row in enumerate(baseline + combinations(args)):
+        loop = ["--loop", "plain"] if index < len(baseline) else []
+        command = [sys.executable, __file__, "--json", *row_arguments(row), *loop,
+                   *passthrough(args)]
         done = subprocess.run(command, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith("ROW ")]
         if done.returncode != 0 or not lines:
@@ -210,10 +246,12 @@ def print_row(result: dict, baseline: dict, args: argparse.Namespace, header: bo
               f"{args.source} target {args.target or args.source} batch {args.batch_size} on "
               f"{args.device} ({result['threads']} threads); median of {args.iterations} "
               f"iterations after {args.warmup} warm-up")
-        print(f"| precision | BN | channels_last | fused | compile | s/iteration | "
+        print(f"CPU: {cpu_info().describe()}; torch {torch.__version__}")
+        print(f"| loop | precision | BN | channels_last | fused | compile | s/iteration | "
               f"x first row | peak {memory} |")
-        print("|---|---|---|---|---|---|---|---|")
-    print(f"| {result['precision']} | {result['bn_stats']} | {result['channels_last']} | "
+        print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {result['loop']} | {result['precision']} | {result['bn_stats']} | "
+          f"{result['channels_last']} | "
           f"{result['fused']} | {result['compile']} | {result['median']:.3f} "
           f"({result['min']:.3f}-{result['max']:.3f}) | "
           f"{result['median'] / baseline['median']:.2f} | {result['peak_gib']:.2f} |", flush=True)

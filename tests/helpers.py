@@ -15,6 +15,7 @@ from typing import Optional
 
 import cv2
 import numpy as np
+import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
@@ -23,6 +24,7 @@ from PIL import Image
 from udaseg.data import IGNORE_INDEX, SyntheticStreets, UDADataModule
 from udaseg.data.base import SegmentationDataset
 from udaseg.methods import AdversarialMethod, UDAMethod
+from udaseg.models import DeepLabV2
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -128,6 +130,22 @@ def write_config(tmp_path: Path, method: str = "udaseg.methods.SourceOnly",
     return path
 
 
+def cli_error(capsys, arguments: Sequence[str], exit_code: int = 1) -> str:
+    """Run `udaseg ARGUMENTS` in-process, expecting a user's mistake: the exit code, no
+    traceback, and exactly one `udaseg <subcommand>: error: ...` line on stderr (returned)."""
+    from udaseg.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(arguments))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == exit_code, error[-2000:]
+    assert "Traceback" not in error
+    lines = [line for line in error.splitlines() if line.startswith("udaseg ")]
+    assert len(lines) == 1, error[-2000:]
+    return lines[0]
+
+
 def run_dir(tmp_path: Path, version: int, name: str = "tiny") -> Path:
     return tmp_path / "runs" / name / f"version_{version}"
 
@@ -185,9 +203,40 @@ class SendSignal(pl.Callback):
             os.kill(os.getpid(), getattr(signal, self.signal_name))
 
 
+class KillRank(SendSignal):
+    """Used inside torchrun's workers: only global rank `rank` SIGKILLs itself when `iteration`
+    iterations are done, and only in torchrun's first attempt (TORCHELASTIC_RESTART_COUNT 0),
+    so the group torchrun restarts runs on: one node that died once."""
+
+    def __init__(self, iteration: int, rank: int = 1) -> None:
+        super().__init__(iteration, "SIGKILL")
+        self.rank = rank
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_rank == self.rank and \
+                os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+            super().on_train_batch_end(trainer, *args)
+
+
 def assert_identical_weights(ranks: list[dict]) -> None:
     for key, value in ranks[0]["state_dict"].items():
         assert torch.equal(value, ranks[1]["state_dict"][key]), f"{key} differs between ranks"
+
+
+class SometimesNaNDeepLab(DeepLabV2):
+    """A DeepLabV2 whose training forward returns NaN logits when a draw of the global torch RNG
+    falls below `nan_probability` (a loss that sometimes blows up). The checkpoint restores the
+    global RNG, so a resumed run skips the iterations the run left alone skips."""
+
+    def __init__(self, num_classes: int = 19, nan_probability: float = 0.3, **kwargs) -> None:
+        super().__init__(num_classes, **kwargs)
+        self.nan_probability = nan_probability
+
+    def forward(self, images: torch.Tensor) -> dict:
+        outputs = super().forward(images)
+        if self.training and float(torch.rand(())) < self.nan_probability:
+            outputs = {head: logits * float("nan") for head, logits in outputs.items()}
+        return outputs
 
 
 # ------------------------------------------------------------------ dataset files

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import TinyDataset, first_training_batch, tiny_data
+from tests.helpers import TinyDataset, first_training_batch, fit, tiny_data, tiny_method
 from udaseg.data import (
     Augmentation,
     ImageLabelDataset,
@@ -19,6 +19,7 @@ from udaseg.data import (
     normalize,
 )
 from udaseg.data.transforms import CAFFE_MEAN_BGR, TransformedDataset
+from udaseg.methods import MinEnt, SourceOnly
 
 
 def take(loader, count):
@@ -188,3 +189,15 @@ def test_evaluation_labels_are_uint8_and_training_labels_int64():
                     "label": np.full((4, 4), 300, np.int32)}
     with pytest.raises(ValueError, match="'wide' has ids outside 0..255"):
         TransformedDataset(WideIds(), Augmentation(), "imagenet", label_dtype=torch.uint8)[0]
+
+
+def test_a_method_that_ignores_the_target_gets_no_target_batches():
+    """Source-only with a target set in its config: the data module makes no target batches
+    (they would cost time and train nothing); a method that reads the target gets them."""
+    for method_class, draws_target in ((SourceOnly, False), (MinEnt, True)):
+        data = tiny_data()
+        fit(tiny_method(method_class), 1, data)
+        assert data.draws_target is draws_target
+        batch, _, _ = next(iter(data.train_dataloader()))
+        assert ("target" in batch) is draws_target
+        assert ("target" in data.state_dict()["stream_draws"]) is draws_target

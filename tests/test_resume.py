@@ -221,3 +221,47 @@ def test_ckpt_path_last_without_a_checkpoint_starts_a_fresh_run(tmp_path):
     assert "no last.ckpt under" in result.stderr and "starting a fresh run" in result.stderr
     assert torch.load(run_dir(tmp_path, 0) / "checkpoints" / "last.ckpt",
                       weights_only=True)["global_step"] == 2
+
+
+def test_a_run_that_skipped_iterations_resumes_exactly(tmp_path):
+    """`nonfinite_loss: skip`: a skipped iteration draws its batches but makes no optimiser
+    step. A run killed after a checkpoint that follows skips, resumed with `--ckpt_path last`,
+    continues every stream where the run left alone does: same final weights to the bit, same
+    metrics.csv (the segmenter's NaN draws come from the checkpointed global RNG)."""
+    segmenter = {"class_path": "tests.helpers.SometimesNaNDeepLab",
+                 "init_args": {"depth": 18, "width": 8, "nan_probability": 0.4}}
+    skip = ("--model.init_args.nonfinite_loss", "skip")
+    roots = {name: tmp_path / name for name in ("alone", "stopped")}
+    configs = {}
+    for name, root in roots.items():
+        root.mkdir()
+        configs[name] = write_config(root, max_steps=8, segmenter=segmenter)
+    cli_fit(configs["alone"], *skip)
+    result = cli_fit(configs["stopped"], *skip, "--trainer.callbacks+=tests.helpers.SendSignal",
+                     "--trainer.callbacks.iteration=5", check=False)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    checkpoint = torch.load(run_dir(roots["stopped"], 0) / "checkpoints" / "last.ckpt",
+                            weights_only=True)
+    assert checkpoint["global_step"] == 3
+    assert checkpoint["state_dict"]["skipped_iterations"].item() > 0, "no skip to resume after"
+    cli_fit(configs["stopped"], *skip, "--ckpt_path", "last")
+    expected, actual = (torch.load(run_dir(root, 0) / "checkpoints" / "last.ckpt",
+                                   weights_only=True) for root in roots.values())
+    assert actual["global_step"] == expected["global_step"] == 8
+    assert torch.equal(actual["state_dict"]["skipped_iterations"],
+                       expected["state_dict"]["skipped_iterations"])
+    assert_same_states(expected["state_dict"], actual["state_dict"])
+    assert read_rows(run_dir(roots["stopped"], 0) / "metrics.csv") == \
+        read_rows(run_dir(roots["alone"], 0) / "metrics.csv")
+
+
+def test_last_ckpt_holds_the_final_iteration_whatever_the_checkpoint_interval(tmp_path):
+    """A run of 4 iterations writing last.ckpt every 3 ends with iteration 4 in it (Lightning
+    alone would leave iteration 3's weights there: it writes last.ckpt at the end of fit only
+    when it never wrote one)."""
+    from udaseg.cli import main
+
+    main(["fit", "--config", str(write_config(tmp_path, max_steps=4)),
+          "--checkpoint.every_n_train_steps", "3"])
+    assert torch.load(run_dir(tmp_path, 0) / "checkpoints" / "last.ckpt",
+                      weights_only=True)["global_step"] == 4

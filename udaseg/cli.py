@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +10,8 @@ from typing import Optional
 
 import pytorch_lightning as pl
 import yaml
-from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import (
     ArgsType,
     LightningArgumentParser,
@@ -20,11 +20,24 @@ from pytorch_lightning.cli import (
 )
 from pytorch_lightning.plugins import CheckpointIO
 
-from udaseg.callbacks import IoUReport, PredictionWriter, Preemption, Snapshots
+from udaseg.callbacks import (
+    IoUReport,
+    LastCheckpoint,
+    PredictionWriter,
+    Preemption,
+    Snapshots,
+)
 from udaseg.callbacks.files import run_directory
 from udaseg.checkpoint_io import SafeCheckpointIO, read_checkpoint_file
+from udaseg.cli_errors import (
+    ERROR_EXIT_CODE,
+    CommandLineError,
+    OneLineErrorParser,
+    user_error_message,
+)
 from udaseg.data import UDADataModule
-from udaseg.loggers import truncate_metrics
+from udaseg.hardware import bf16_warning
+from udaseg.loggers import logged_batches, truncate_metrics
 from udaseg.methods import UDAMethod
 
 #: Trainer settings every udaseg run needs, whatever its config: the training streams are
@@ -37,6 +50,9 @@ TRAINER_DEFAULTS = {
     "logger": {"class_path": "udaseg.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
 }
 
+
+#: `--ckpt_path` values Lightning resolves itself (not file paths).
+LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc")
 
 #: Lightning's folder name for a logger nobody named; udaseg names the run after its config.
 UNNAMED = "lightning_logs"
@@ -165,7 +181,7 @@ class UDASegCLI(LightningCLI):
         # `last.ckpt`, where `--ckpt_path last` resumes: written when fit ends and, with
         # `checkpoint.every_n_train_steps: N`, every N iterations. Kept snapshots are another
         # key, `snapshots.every_n_iterations`.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.add_lightning_class_args(Snapshots, "snapshots")
         # SIGUSR1/SIGTERM: last.ckpt at the iteration's end, SLURM requeue, exit (exact resume).
@@ -180,13 +196,28 @@ class UDASegCLI(LightningCLI):
                                                  else [])
         try:
             super().parse_arguments(parser, args)
-        except SystemExit:
+        except CommandLineError as error:
             # Only explain includes when parsing failed: a `.yaml` value may be plain data.
+            # A missing part is what the user must fix, so it replaces the parser's line.
             problems = [problem for path in self.config_files
-                        for problem in missing_includes(path)]
-            if problems:
-                print("udaseg: " + "\nudaseg: ".join(problems), file=sys.stderr)
-            raise
+                        for problem in missing_includes(path)] or [error.message]
+            prefix = f"udaseg {arguments[0] if arguments else ''}: error: ".replace("  ", " ")
+            print(prefix + f"\n{prefix}".join(problems), file=sys.stderr)
+            raise SystemExit(error.code) from None
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
+        """Lightning's subcommands with udaseg's descriptions, and `report` (which main()
+        runs before any parsing) in the help."""
+        self._subcommand_parsers: dict[str, LightningArgumentParser] = {}
+        subcommands = parser.add_subcommands()
+        for subcommand, text in SUBCOMMAND_HELP.items():
+            subparser = self._prepare_subcommand_parser(
+                self.trainer_class, subcommand, **{"description": text,
+                                                   **kwargs.get(subcommand, {})})
+            self._subcommand_parsers[subcommand] = subparser
+            subcommands.add_subcommand(subcommand, subparser, help=text)
+        report = self.init_parser(description=REPORT_HELP, prog="udaseg report")
+        subcommands.add_subcommand("report", report, help=REPORT_HELP)
 
     def _parse_ckpt_path(self) -> None:
         """Check that `--ckpt_path` is a readable checkpoint (udaseg's error names the file).
@@ -200,6 +231,10 @@ class UDASegCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and Path(path).is_file():
             read_checkpoint_file(path, mmap=True)
+        elif path and path not in LIGHTNING_CHECKPOINT_NAMES and \
+                not str(path).startswith("registry"):
+            raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file (a run keeps "
+                                    "runs/<name>/version_N/checkpoints/last.ckpt)")
 
     def before_instantiate_classes(self) -> None:
         """Name an unnamed CSV/TensorBoard run after its config (W&B: the run's display name),
@@ -221,7 +256,18 @@ class UDASegCLI(LightningCLI):
         checkpoint dropped). Without one, a fresh run starts (so a requeued job can always pass
         `--ckpt_path last`). For other loggers (W&B keeps runs by id) and an explicit
         `checkpoint.dirpath`, Lightning's own lookup applies.
+
+        A group torchrun restarted (`--max-restarts`) that shares the failed group's
+        rendezvous store gets a warning: the new ranks may read the dead ranks' gloo/NCCL
+        addresses from it and hang while connecting.
         """
+        if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and \
+                os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and \
+                os.environ.get("RANK", "0") == "0":
+            print("udaseg: torchrun restarted this group on the store of the failed one, where "
+                  "the new ranks can find the dead ranks' addresses and hang while connecting; "
+                  "launch torchrun with --rdzv-backend c10d and "
+                  "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (README: Multi-GPU)", file=sys.stderr)
         logger = config.trainer.logger.init_args
         folder_logger = config.trainer.logger.class_path.endswith(("CSVLogger",
                                                                    "TensorBoardLogger"))
@@ -237,14 +283,16 @@ class UDASegCLI(LightningCLI):
         logger.version = int(version.removeprefix("version_")) if \
             version.startswith("version_") else version
         config.ckpt_path = str(checkpoint)
-        step = int(read_checkpoint_file(checkpoint, mmap=True).get("global_step", 0))
+        state = read_checkpoint_file(checkpoint, mmap=True)
+        step = int(state.get("global_step", 0))
         if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0":
-            truncate_metrics(checkpoint.parent.parent / "metrics.csv", step)
+            truncate_metrics(checkpoint.parent.parent / "metrics.csv", logged_batches(state))
         print(f"udaseg: resuming {checkpoint} at iteration {step}", file=sys.stderr)
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
         """Every trainer writes checkpoints atomically and reads them with weights_only=True
-        (`udaseg.checkpoint_io`), unless the config brings its own CheckpointIO.
+        (`udaseg.checkpoint_io`), unless the config brings its own CheckpointIO; bf16 on a CPU
+        without native bf16 gets a one-line warning (`udaseg.hardware`).
 
         `--trainer.enable_progress_bar false` wins over a progress bar in the config's
         callbacks (udaseg's configs list one): Lightning would refuse the pair."""
@@ -257,7 +305,11 @@ class UDASegCLI(LightningCLI):
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(SafeCheckpointIO())
         config["plugins"] = plugins
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        warning = bf16_warning(trainer.precision, isinstance(trainer.accelerator, CPUAccelerator))
+        if warning and trainer.is_global_zero:
+            print(f"udaseg: warning: {warning}", file=sys.stderr)
+        return trainer
 
     def require_trained_weights(self) -> None:
         """Evaluating or predicting needs trained weights: refuse a run that would silently use
@@ -281,48 +333,49 @@ class UDASegCLI(LightningCLI):
                              "training streams are endless)")
 
 
-#: How PyTorch rewraps an exception raised in a DataLoader worker process.
-WORKER_ERROR = re.compile(r"^Caught (\w+) in DataLoader worker process (\d+)\.\nOriginal Traceback")
-
-
-def unwrap_worker_error(error: BaseException) -> Optional[BaseException]:
-    """The error a DataLoader worker raised, with its own one-line message (which names the
-    bad file) instead of PyTorch's "Caught ... Original Traceback" text; None when `error`
-    did not come from a worker."""
-    text = str(error.args[0]) if error.args else ""
-    match = WORKER_ERROR.match(text)
-    if match is None:
-        return None
-    name, worker = match.groups()
-    original = text.rstrip().rsplit(f"\n{name}: ", 1)[-1]
-    message = f"{original} (in DataLoader worker {worker})"
-    try:
-        return type(error)(message)
-    except Exception:  # an exception type that takes other arguments
-        return RuntimeError(f"{name}: {message}")
+#: `udaseg --help`: what udaseg is, and every subcommand (`report` is not a Trainer method).
+DESCRIPTION = (
+    "udaseg: unsupervised domain adaptation of semantic segmentation (train on labelled "
+    "source images, adapt without labels to a target domain). Train and evaluate a method "
+    "with `udaseg fit|validate|test|predict --config configs/<benchmark>/<method>.yaml`; "
+    "compare runs with `udaseg report runs/`. `udaseg SUBCOMMAND --help` lists its options.")
+SUBCOMMAND_HELP = {
+    "fit": "Train a method; last.ckpt is kept, --ckpt_path last resumes a stopped run.",
+    "validate": "Evaluate trained weights (--ckpt_path) on the target validation set.",
+    "test": "Evaluate trained weights (--ckpt_path) on the held-out target test set.",
+    "predict": "Segment a folder of images: colour-coded and train-id PNGs.",
+}
+REPORT_HELP = ("Compare runs (udaseg report RUNS_DIR --help): mean and std over seeds of mIoU "
+               "and per-class IoU, as tables and figures.")
 
 
 def main(args: Optional[list[str]] = None) -> None:
     """Console-script entry point; `args` replaces sys.argv (tests run the CLI in-process).
 
+    A user's mistake ends the command with one line on stderr naming the file or key, and
+    exit code 2 (command line or config) or 1 (refused or stopped run); `udaseg.cli_errors`.
     Returns None: the console script would turn a returned object into exit code 1.
     """
     arguments = sys.argv[1:] if args is None else args
-    if arguments[:1] == ["report"]:       # `udaseg report RUN_DIR ...`: tables and figures
-        from udaseg.compare import main as report
-        report(arguments[1:])
-        return
+    subcommand = next((argument for argument in arguments if not argument.startswith("-")),
+                      "")
     try:
+        if arguments[:1] == ["report"]:       # `udaseg report RUN_DIR ...`: tables, figures
+            from udaseg.compare import main as report
+            report(arguments[1:])
+            return
         # Methods build their own optimisers (several, with poly LR): no --optimizer options.
         UDASegCLI(UDAMethod, UDADataModule, subclass_mode_model=True,
                   seed_everything_default=0, auto_configure_optimizers=False,
                   trainer_defaults=TRAINER_DEFAULTS, save_config_callback=SaveRunConfig,
-                  save_config_kwargs={"overwrite": True}, args=args)
+                  save_config_kwargs={"overwrite": True}, parser_class=OneLineErrorParser,
+                  parser_kwargs={"description": DESCRIPTION}, args=args)
     except Exception as error:
-        unwrapped = unwrap_worker_error(error)
-        if unwrapped is None:
+        message = user_error_message(error)
+        if message is None:
             raise
-        raise unwrapped from None
+        print(f"udaseg {subcommand}: error: {message}".replace("  ", " "), file=sys.stderr)
+        raise SystemExit(ERROR_EXIT_CODE) from None
 
 
 if __name__ == "__main__":

@@ -84,7 +84,11 @@ def experiment(config: dict) -> dict[str, str]:
 
 
 def collect(root: Path, stage: str) -> list[Run]:
-    """Every run under `root` with a `<stage>_metrics.json`."""
+    """Every run under `root` with a `<stage>_metrics.json` (an error that says what is there
+    instead and what to do when there is none)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder: give runs/, one run's folder (e.g. "
+                                "runs/synthetic/source_only) or one version of it")
     runs = []
     for path in sorted(root.rglob(f"{stage}_metrics.json")):
         version = path.parent
@@ -103,9 +107,29 @@ def collect(root: Path, stage: str) -> list[Run]:
                         config=experiment(config or {}), metrics=metrics, folder=version,
                         confusion=confusion))
     if not runs:
-        raise FileNotFoundError(f"no {stage}_metrics.json under {root} (a folder of runs, of "
-                                "one run's versions, or a version)")
+        raise FileNotFoundError(f"no {stage}_metrics.json under {root}: "
+                                f"{missing_stage(root, stage)}")
     return runs
+
+
+def missing_stage(root: Path, stage: str) -> str:
+    """What `root` holds instead of `<stage>` results, and the command that makes them."""
+    other = "val" if stage == "test" else "test"
+    found = sorted(root.rglob(f"{other}_metrics.json"))
+    if not found:
+        return ("it holds no finished udaseg run (`udaseg fit` writes val_metrics.json when it "
+                "ends, `udaseg test` test_metrics.json)")
+    version = found[-1].parent
+    if stage == "val":
+        return (f"found {len(found)} test_metrics.json (e.g. {version}): report them with "
+                "--stage test")
+    # A run folder is named <benchmark>/<config> after its config: point at that file if here.
+    guess = Path("configs", version.parent.parent.name, f"{version.parent.name}.yaml")
+    config_text = str(guess) if guess.is_file() else "CONFIG.yaml"
+    return (f"found {len(found)} val_metrics.json of training runs (e.g. {version}). Evaluate a "
+            f"run on the test split first: udaseg test --config {config_text} --ckpt_path "
+            f"{version / 'checkpoints' / 'last.ckpt'}; or report the validation results with "
+            "--stage val")
 
 
 def group(runs: Sequence[Run]) -> dict[str, list[Run]]:
@@ -266,4 +290,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from udaseg.cli import main as udaseg_main  # one-line errors, as `udaseg report`
+
+    udaseg_main(["report", *sys.argv[1:]])

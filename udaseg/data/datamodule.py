@@ -120,7 +120,7 @@ class UDADataModule(pl.LightningDataModule):
         self._source_pixel_counts: Optional[np.ndarray] = None
         self._donors: Optional[ClassDonors] = None
         # Draws each rank's training streams made before this fit (restored from a checkpoint)
-        # and the iteration they were made by: where a resumed run's streams go on.
+        # and the drawn iterations (`_iteration`) behind them: where a resumed run's streams go on.
         self._resumed_draws: dict[str, int] = {}
         self._resumed_step = 0
 
@@ -150,11 +150,25 @@ class UDADataModule(pl.LightningDataModule):
         return self.trainer.global_rank, self.trainer.world_size
 
     def _iteration(self) -> int:
-        return 0 if self.trainer is None else int(self.trainer.global_step)
+        """Iterations that drew a batch of every stream so far. Not `global_step` alone: an
+        iteration skipped for a non-finite loss draws its batches but makes no optimiser step
+        (the method's `drawn_iterations` counts both)."""
+        if self.trainer is None:
+            return 0
+        module = getattr(self.trainer, "lightning_module", None)
+        return int(getattr(module, "drawn_iterations", self.trainer.global_step))
+
+    @property
+    def draws_target(self) -> bool:
+        """Whether training draws target batches: there is a target set, and the method reads
+        it (`reads_target`; source-only does not, and rendering or decoding its target
+        batches would only cost time)."""
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+        return self.target is not None and getattr(module, "reads_target", True)
 
     def stream_batch_sizes(self) -> dict[str, int]:
         sizes = {"source": self.batch_size}
-        if self.target is not None:
+        if self.draws_target:
             sizes["target"] = self.target_batch_size
         return sizes
 
@@ -274,7 +288,7 @@ class UDADataModule(pl.LightningDataModule):
     def train_dataloader(self) -> CombinedLoader:
         loaders = {"source": self.stream_loader("source", self.source, self.source_augmentation,
                                                 self.batch_size, keep_label=True)}
-        if self.target is not None:
+        if self.draws_target:
             loaders["target"] = self.stream_loader("target", self.target,
                                                    self.target_augmentation,
                                                    self.target_batch_size, keep_label=False,

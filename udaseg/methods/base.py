@@ -31,8 +31,8 @@ from udaseg.inference import Inference
 from udaseg.losses import segmentation_cross_entropy, upsample_logits
 from udaseg.methods.checkpointing import CheckpointState
 from udaseg.methods.evaluation import SegmentationEvaluation
-from udaseg.methods.fast_path import FastPath, FastPathHooks, batched_forward, check_fast_path
-from udaseg.methods.optim import OptimConfig, poly_lr
+from udaseg.methods.fast_path import FastPath, FastPathHooks, batched_forward
+from udaseg.methods.optim import OptimConfig, one_scaler_update, poly_lr
 from udaseg.metrics import ConfusionMatrix
 from udaseg.models import (
     AUX,
@@ -96,6 +96,9 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
 
     #: Whether every training batch must carry a target batch; checked once, in the loop.
     needs_target: ClassVar[bool] = True
+    #: Whether `adaptation_step` reads target batches at all; when not, the data module draws
+    #: none (source-only: a target set in the config costs no time).
+    reads_target: ClassVar[bool] = True
     #: Loss terms (keys of `adaptation_step`'s dict) shown on the progress bar; all are logged.
     progress_losses: ClassVar[tuple[str, ...]] = ("seg",)
 
@@ -135,7 +138,6 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
         self.inference_config = inference if isinstance(inference, Inference) else \
             Inference(**inference)
         self.fast_path = fast_path if isinstance(fast_path, FastPath) else FastPath(**fast_path)
-        check_fast_path(self.fast_path, bn_stats)
         self.segmenter = self.build_segmenter()
         unknown = sorted(set(head_weights) - set(self.segmenter.heads)) if head_weights else []
         if unknown:
@@ -255,13 +257,15 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
                                       config.poly_power, config.warmup_iters)
 
     def step_optimizers(self, optimizers: list) -> None:
-        """Step the segmenter (counted as one iteration) and then every discriminator."""
+        """Step the segmenter (counted as one iteration) and then every discriminator; an fp16
+        gradient scaler is updated once, after all of them (`one_scaler_update`)."""
         segmenter_optimizer, *discriminator_optimizers = optimizers
-        segmenter_optimizer.step()
-        for optimizer in discriminator_optimizers:
-            # Through the strategy, so AMP gradient scaling applies, but not counted as a step.
-            self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None,
-                                                 model=self)
+        with one_scaler_update(self.trainer.precision_plugin):
+            segmenter_optimizer.step()
+            for optimizer in discriminator_optimizers:
+                # Through the strategy, so AMP unscaling applies, but not counted as a step.
+                self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None,
+                                                     model=self)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # The precision plugin calls this after AMP unscaling: a clip before `.step()` would
@@ -288,7 +292,8 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
                              "batches have none: set data.target")
         with self.iteration_backward():
             losses = self.adaptation_step(batch["source"], target)
-        if self.nonfinite_terms(losses):
+        skipped = bool(self.nonfinite_terms(losses))
+        if skipped:
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             self.skipped_iterations += 1
@@ -297,17 +302,20 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
                 raise FloatingPointError(
                     f"iteration {self.global_step}: {self.consecutive_skips} iterations in a row "
                     "had a non-finite loss and were skipped; the run is not recovering")
-            self.log("train/skipped_iterations", self.skipped_iterations.float(), on_step=True,
-                     on_epoch=False, batch_size=batch["source"]["image"].shape[0])
-            return
-        self.consecutive_skips = 0
-        self.step_optimizers(optimizers)
-        source_images = batch["source"]["image"]
+        else:
+            self.consecutive_skips = 0
+            self.step_optimizers(optimizers)
+        # Logged for skipped iterations too (their non-finite terms), so every row of the
+        # metrics holds the values of its own iteration, not those of the one before.
+        batch_size = batch["source"]["image"].shape[0]
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=False,
-                     batch_size=source_images.shape[0], prog_bar=name in self.progress_losses)
+                     batch_size=batch_size, prog_bar=name in self.progress_losses)
         self.log("train/lr", optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
-                 batch_size=source_images.shape[0])
+                 batch_size=batch_size)
+        if skipped or self.skipped_iterations > 0:
+            self.log("train/skipped_iterations", self.skipped_iterations.float(), on_step=True,
+                     on_epoch=False, batch_size=batch_size)
 
     def nonfinite_terms(self, losses: dict[str, torch.Tensor]) -> list[str]:
         """The loss terms that are NaN/inf on this rank, if any rank has one (else []);
@@ -359,7 +367,9 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
         Separately (the official order) the source graph is freed by its backward before the
         other batches go through the network, in the order given (which is the order BN
         running statistics see them). On the fused path (`fast_path.fused_forward`) all
-        batches share one forward and the backward waits for the iteration's end.
+        batches share one forward, in which BN layers with batch statistics still normalise
+        each batch by its own statistics in this order, and the backward waits for the
+        iteration's end.
 
         Returns the source outputs (methods reuse them, e.g. for discriminator maps), the loss
         terms for logging and the outputs of `images`, one per batch.
@@ -403,6 +413,13 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
                 total = total + weight * losses[f"seg_{head}"]
         losses["seg"] = total
         return losses
+
+    @property
+    def drawn_iterations(self) -> int:
+        """Iterations that drew a batch of every training stream so far: the optimiser steps
+        (`global_step`) plus the iterations skipped for a non-finite loss, which drew their
+        batches but stepped nothing. The data module's streams continue from here on resume."""
+        return self.global_step + int(self.skipped_iterations)
 
     @property
     def iteration(self) -> int:

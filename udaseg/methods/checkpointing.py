@@ -12,11 +12,14 @@ from udaseg.rng_state import collect_rng_states, restore_rng_states
 
 #: Checkpoint key of the ranks' global RNG states (a list, by rank).
 RNG_STATES_KEY = "udaseg_rng_states"
+#: Checkpoint key of the run of non-finite iterations skipped just before it (the count that
+#: gives up at `MAX_CONSECUTIVE_SKIPS`), so a resumed run gives up where the run left alone does.
+CONSECUTIVE_SKIPS_KEY = "udaseg_consecutive_skips"
 
 
 class CheckpointState:
-    """Needs `poly_horizon`, `max_iters`, `optim_config` and `average_bn_statistics` of the
-    method it is mixed into."""
+    """Needs `poly_horizon`, `max_iters`, `optim_config`, `consecutive_skips` and
+    `average_bn_statistics` of the method it is mixed into."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Besides Lightning's state: the poly horizon and every rank's global RNG states.
@@ -27,6 +30,7 @@ class CheckpointState:
         """
         if self.poly_horizon is not None:
             checkpoint[POLY_HORIZON_KEY] = self.poly_horizon
+        checkpoint[CONSECUTIVE_SKIPS_KEY] = self.consecutive_skips
         self.average_bn_statistics()
         states = collect_rng_states()
         if self._trainer is not None and self.trainer.world_size > 1:
@@ -44,6 +48,8 @@ class CheckpointState:
         rng_states = checkpoint.get(RNG_STATES_KEY) or []
         if resuming and len(rng_states) == self.trainer.world_size:
             restore_rng_states(rng_states[self.trainer.global_rank])
+        if resuming:
+            self.consecutive_skips = int(checkpoint.get(CONSECUTIVE_SKIPS_KEY, 0))
         if resuming and saved_horizon and saved_horizon != self.max_iters:
             step = self.trained_iterations
             power, warmup = self.optim_config.poly_power, self.optim_config.warmup_iters
@@ -76,6 +82,8 @@ class CheckpointState:
         hparams = checkpoint.get("hyper_parameters") or {}
         classes = hparams.get("num_classes")
         segmenter = (hparams.get("segmenter") or {}).get("class_path", "?")
+        # Written by LightningCLI: the class the checkpoint's run trained.
+        method = str(hparams.get("_class_path") or "").rsplit(".", 1)[-1]
         source = checkpoint.get(SOURCE_KEY, "the checkpoint")
         own_segmenter = type(self.segmenter).__name__
         if classes is not None and classes != self.num_classes:
@@ -83,6 +91,8 @@ class CheckpointState:
         elif any(key.startswith("segmenter.") for key in missing + unexpected + reshaped):
             problem = (f"holds another network ({segmenter.rsplit('.', 1)[-1]}) than this "
                        f"run's {own_segmenter}")
+        elif method and method != type(self).__name__:
+            problem = f"was trained by another method ({method}) than this run's"
         else:
             problem = "was trained with other model settings than this run's"
         details = [f"{len(items)} {what}, e.g. {describe(items[0])}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -65,3 +67,29 @@ def poly_lr(base_lr: float, iteration: int, max_iters: int, power: float = 0.9,
         return base_lr * max(iteration, 0) / warmup_iters
     progress = min(max(iteration, 0) / max_iters, 1.0)
     return base_lr * (1.0 - progress) ** power
+
+
+@contextmanager
+def one_scaler_update(precision_plugin: Any) -> Iterator[None]:
+    """Around the optimiser steps of one iteration: the fp16 gradient scaler is updated once,
+    after every optimiser stepped (PyTorch's multi-optimizer AMP recipe: `scaler.step` for
+    each optimiser, then `scaler.update()`).
+
+    Lightning's `MixedPrecision.optimizer_step` updates the scaler after each optimiser it
+    steps. Every backward of an iteration runs before the first step, so all gradients carry
+    the same scale; an update between steps (a back-off after an overflow, or growth) would
+    unscale the later optimisers' gradients by a scale they were not multiplied with (x2 or
+    x0.5), and advance the growth counter once per optimiser. No-op without a scaler (fp32,
+    bf16).
+    """
+    scaler = getattr(precision_plugin, "scaler", None)
+    if scaler is None:
+        yield
+        return
+    update = scaler.update
+    scaler.update = lambda new_scale=None: None   # shadows the method while the steps run
+    try:
+        yield
+    finally:
+        del scaler.update
+    update()

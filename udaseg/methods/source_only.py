@@ -17,6 +17,7 @@ class SourceOnly(UDAMethod):
     """
 
     needs_target = False
+    reads_target = False
 
     def adaptation_step(self, source: dict, target: Optional[dict]) -> dict[str, torch.Tensor]:
         return self.supervised_step(source)[1]
