@@ -131,6 +131,7 @@ def measure(args: argparse.Namespace) -> dict:
         extra["class_weights"] = [1.0] * args.num_classes
     fast_path = FastPath(channels_last=args.channels_last == "on", fused_forward=args.fused == "on",
                          compile=args.compile == "on")
+    torch.manual_seed(0)   # the plain loop's initial weights too (same construction order)
     method = method_class(num_classes=args.num_classes, segmenter=segmenter,
                           bn_stats=args.bn_stats, fast_path=fast_path,
                           **{**extra, **args.init_args})

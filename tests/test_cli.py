@@ -290,3 +290,14 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_in_one_line(tmp_path, capsys, m
         "no native bf16 (no avx512_bf16, no AMX)): bf16 is emulated there and an iteration "
         "runs many times slower than in fp32 (about 20x measured); use --trainer.precision "
         "32-true on this machine"] if warned else [])
+
+
+def test_kernels_limited_to_avx2_count_as_no_native_bf16(monkeypatch):
+    """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA limited below bf16: PyTorch then computes as on
+    an AVX2-only CPU, whatever the CPU has."""
+    hardware.cpu_info.cache_clear()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    limited = hardware.cpu_info()
+    hardware.cpu_info.cache_clear()
+    assert not limited.native_bf16 and "ONEDNN_MAX_CPU_ISA=AVX2" in limited.describe()
+    assert hardware.CPUInfo("CPU", ("avx512_bf16",)).native_bf16

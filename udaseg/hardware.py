@@ -8,6 +8,7 @@ than in fp32; the README's "Precision" section has the measurements.
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from functools import cache
@@ -17,6 +18,11 @@ import torch
 
 #: CPU flags (Linux /proc/cpuinfo names) of native bf16 arithmetic.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+#: Instruction sets without bf16 that oneDNN (`ONEDNN_MAX_CPU_ISA`) and ATen
+#: (`ATEN_CPU_CAPABILITY`) can be limited to: PyTorch then computes as on such a CPU.
+ISA_WITHOUT_BF16 = {"ONEDNN_MAX_CPU_ISA": ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE",
+                                           "AVX512_CORE_VNNI"),
+                    "ATEN_CPU_CAPABILITY": ("default", "avx2")}
 
 
 @dataclass(frozen=True)
@@ -25,15 +31,22 @@ class CPUInfo:
 
     model: str
     bf16_flags: tuple[str, ...]
+    #: `VARIABLE=value` settings that keep PyTorch's kernels from using the bf16 instructions.
+    limits: tuple[str, ...] = ()
 
     @property
     def native_bf16(self) -> bool:
-        return bool(self.bf16_flags)
+        return bool(self.bf16_flags) and not self.limits
 
     def describe(self) -> str:
         """One line for tables and warnings, e.g. "AMD EPYC, native bf16 (avx512_bf16)"."""
-        support = (f"native bf16 ({', '.join(self.bf16_flags)})" if self.native_bf16
-                   else "no native bf16 (no avx512_bf16, no AMX)")
+        if self.bf16_flags and self.limits:
+            support = (f"bf16 instructions ({', '.join(self.bf16_flags)}) not used: kernels "
+                       f"limited by {' '.join(self.limits)}")
+        elif self.bf16_flags:
+            support = f"native bf16 ({', '.join(self.bf16_flags)})"
+        else:
+            support = "no native bf16 (no avx512_bf16, no AMX)"
         return f"{self.model}, {support}"
 
 
@@ -52,7 +65,10 @@ def cpu_info() -> CPUInfo:
                 flags.update(value.split())
     elif getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
         flags.add("avx512_bf16")
-    return CPUInfo(model, tuple(flag for flag in NATIVE_BF16_FLAGS if flag in flags))
+    limits = tuple(f"{variable}={os.environ[variable]}"
+                   for variable, values in ISA_WITHOUT_BF16.items()
+                   if os.environ.get(variable, "").strip().upper() in map(str.upper, values))
+    return CPUInfo(model, tuple(flag for flag in NATIVE_BF16_FLAGS if flag in flags), limits)
 
 
 def bf16_warning(precision: str, on_cpu: bool) -> str | None:
