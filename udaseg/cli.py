@@ -33,6 +33,7 @@ from udaseg.cli_errors import (
     ERROR_EXIT_CODE,
     CommandLineError,
     OneLineErrorParser,
+    error_line,
     user_error_message,
 )
 from udaseg.data import UDADataModule
@@ -201,8 +202,9 @@ class UDASegCLI(LightningCLI):
             # A missing part is what the user must fix, so it replaces the parser's line.
             problems = [problem for path in self.config_files
                         for problem in missing_includes(path)] or [error.message]
-            prefix = f"udaseg {arguments[0] if arguments else ''}: error: ".replace("  ", " ")
-            print(prefix + f"\n{prefix}".join(problems), file=sys.stderr)
+            words = arguments if isinstance(arguments, list) else []
+            print("\n".join(error_line(words, problem) for problem in problems),
+                  file=sys.stderr)
             raise SystemExit(error.code) from None
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
@@ -357,8 +359,6 @@ def main(args: Optional[list[str]] = None) -> None:
     Returns None: the console script would turn a returned object into exit code 1.
     """
     arguments = sys.argv[1:] if args is None else args
-    subcommand = next((argument for argument in arguments if not argument.startswith("-")),
-                      "")
     try:
         if arguments[:1] == ["report"]:       # `udaseg report RUN_DIR ...`: tables, figures
             from udaseg.compare import main as report
@@ -374,7 +374,7 @@ def main(args: Optional[list[str]] = None) -> None:
         message = user_error_message(error)
         if message is None:
             raise
-        print(f"udaseg {subcommand}: error: {message}".replace("  ", " "), file=sys.stderr)
+        print(error_line(arguments, message), file=sys.stderr)
         raise SystemExit(ERROR_EXIT_CODE) from None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -49,6 +50,14 @@ class CommandLineError(SystemExit):
     def __init__(self, message: str) -> None:
         super().__init__(USAGE_EXIT_CODE)
         self.message = message
+
+
+def error_line(arguments: Sequence[str], message: str) -> str:
+    """`udaseg <subcommand>: error: <message>`, the subcommand being the first argument that is
+    not an option (`udaseg: error: ...` without one)."""
+    subcommand = next((argument for argument in arguments if not argument.startswith("-")), "")
+    return f"udaseg {subcommand}: error: {message}" if subcommand else \
+        f"udaseg: error: {message}"
 
 
 def summarize_parser_error(message: str) -> str:

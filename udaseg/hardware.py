@@ -74,7 +74,8 @@ def cpu_info() -> CPUInfo:
 def bf16_warning(precision: str, on_cpu: bool) -> str | None:
     """A one-line warning when a run asks for bf16 on a CPU without native bf16 (and fp16
     mixed precision, which Lightning runs as bf16 on a CPU); None when there is nothing to say."""
-    if not on_cpu or "bf16" not in str(precision) and str(precision) not in ("16-mixed", "16"):
+    runs_as_bf16 = "bf16" in str(precision) or str(precision) in ("16-mixed", "16")
+    if not on_cpu or not runs_as_bf16:
         return None
     info = cpu_info()
     if info.native_bf16:

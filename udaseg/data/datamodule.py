@@ -149,22 +149,24 @@ class UDADataModule(pl.LightningDataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
+    def _method(self) -> Optional[pl.LightningModule]:
+        """The method this module feeds, when a trainer connects them."""
+        return getattr(self.trainer, "lightning_module", None) if self.trainer else None
+
     def _iteration(self) -> int:
         """Iterations that drew a batch of every stream so far. Not `global_step` alone: an
         iteration skipped for a non-finite loss draws its batches but makes no optimiser step
         (the method's `drawn_iterations` counts both)."""
         if self.trainer is None:
             return 0
-        module = getattr(self.trainer, "lightning_module", None)
-        return int(getattr(module, "drawn_iterations", self.trainer.global_step))
+        return int(getattr(self._method(), "drawn_iterations", self.trainer.global_step))
 
     @property
     def draws_target(self) -> bool:
         """Whether training draws target batches: there is a target set, and the method reads
         it (`reads_target`; source-only does not, and rendering or decoding its target
         batches would only cost time)."""
-        module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
-        return self.target is not None and getattr(module, "reads_target", True)
+        return self.target is not None and getattr(self._method(), "reads_target", True)
 
     def stream_batch_sizes(self) -> dict[str, int]:
         sizes = {"source": self.batch_size}

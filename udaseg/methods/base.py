@@ -292,8 +292,7 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
                              "batches have none: set data.target")
         with self.iteration_backward():
             losses = self.adaptation_step(batch["source"], target)
-        skipped = bool(self.nonfinite_terms(losses))
-        if skipped:
+        if self.nonfinite_terms(losses):
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             self.skipped_iterations += 1
@@ -313,7 +312,7 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
                      batch_size=batch_size, prog_bar=name in self.progress_losses)
         self.log("train/lr", optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
                  batch_size=batch_size)
-        if skipped or self.skipped_iterations > 0:
+        if self.skipped_iterations > 0:
             self.log("train/skipped_iterations", self.skipped_iterations.float(), on_step=True,
                      on_epoch=False, batch_size=batch_size)
 
