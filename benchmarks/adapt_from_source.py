@@ -49,7 +49,7 @@ def main() -> None:
         work = [(config, seed) for seed in args.seeds for config in (args.method, "source_only")]
         for line in pool.map(adapt, work):
             print(line, flush=True)
-    from udaseg.compare import main as compare
+    from udaseg.runtime.cli import report as compare
     compare([str(args.out / "test"), "--stage", "test", "--per-class", "--markdown"])
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from udaseg.batch_augment import MixPhotometric
+from udaseg.adaptation.batch_augment import MixPhotometric
 from udaseg.data.donors import ClassDonors
 from udaseg.data.gta5 import GTA5
 from udaseg.data.photometric import StrongView

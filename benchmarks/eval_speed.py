@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from udaseg.metrics import confusion_matrix
+from udaseg.evaluation.metrics import confusion_matrix
 
 
 def fast_hist(labels: np.ndarray, predictions: np.ndarray, n: int) -> np.ndarray:

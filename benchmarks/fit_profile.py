@@ -28,9 +28,9 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
 from udaseg.callbacks import EntropyMaps  # noqa: E402
-from udaseg.cli import main  # noqa: E402
-from udaseg.hardware import cpu_info  # noqa: E402
 from udaseg.methods import UDAMethod  # noqa: E402
+from udaseg.runtime.cli import main  # noqa: E402
+from udaseg.runtime.hardware import cpu_info  # noqa: E402
 
 SECONDS: dict[str, float] = defaultdict(float)
 

@@ -1,6 +1,6 @@
 """Reproduce the README tables of the built-in benchmark: method configs of configs/synthetic/
 (or another folder: `--benchmark synthetic_v1`), several seeds, `udaseg fit` then `udaseg test`
-on the last checkpoint, then mean ± std with `udaseg.compare`.
+on the last checkpoint, then mean ± std with `udaseg.report.compare`.
 
     python benchmarks/synthetic_table.py --methods source_only oracle minent advent \
         --seeds 0 1 2 --out runs/synthetic_table
@@ -39,7 +39,7 @@ def test(method: str, seed: int, out: Path, threads: int, name: str | None = Non
     """`udaseg test` of the run's last checkpoint on the held-out target test split."""
     name = name or method
     config = configs / f"{method}.yaml"
-    command = [sys.executable, "-m", "udaseg.cli", "test", "--config", str(config),
+    command = [sys.executable, "-m", "udaseg.runtime.cli", "test", "--config", str(config),
                "--ckpt_path", str(last_checkpoint(name, seed, out)),
                "--seed_everything", str(seed),
                "--trainer.callbacks", "null", "--trainer.enable_progress_bar", "false",
@@ -64,7 +64,7 @@ def run(method: str, seed: int, out: Path, threads: int, name: str | None = None
               "--trainer.enable_progress_bar", "false", *extra]
     start = time.perf_counter()
     # No progress bar or entropy maps (speed); last.ckpt is the CLI's default checkpoint.
-    fit = [sys.executable, "-m", "udaseg.cli", "fit", "--config", str(config),
+    fit = [sys.executable, "-m", "udaseg.runtime.cli", "fit", "--config", str(config),
            "--trainer.logger.init_args.save_dir", str(out / "fit"),
            "--trainer.callbacks", "null", *common]
     with open(logs / f"{name}_seed{seed}_fit.log", "w") as log:
@@ -121,7 +121,7 @@ def main() -> None:
                                                   name=item[0] + args.suffix,
                                                   extra=extra(*item), configs=configs), work):
                 print(line, flush=True)
-    from udaseg.compare import main as compare
+    from udaseg.runtime.cli import report as compare
     compare([str(args.out / "test"), "--stage", "test", "--per-class", "--markdown"])
 
 

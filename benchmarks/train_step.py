@@ -4,8 +4,7 @@ fast-path switches and device. Prints numbers; it is not a test.
     python benchmarks/train_step.py --method AdvEnt --depth 101 --source 256 512 --device cpu
     python benchmarks/train_step.py --method AdvEnt --source 720 1280 --target 512 1024 \
         --device cuda --precision bf16-mixed
-    python benchmarks/train_step.py --method CrossDomainMixing \
-        --init-args '{"teacher": "ema", "lambda_ufl": 0, "long_tail_p": 0}'     # DACS
+    python benchmarks/train_step.py --method DACS
 
 Several values of `--precision`, `--bn-stats`, `--channels-last`, `--fused` or `--compile` run
 every combination, each in a fresh process (its own peak memory, nothing cached from another),
@@ -34,13 +33,15 @@ batch BN, no fast path), so the table says what udaseg's loop and each switch co
         --channels-last off on --fused off on
 
 Every table starts with the CPU model and whether it computes bf16 natively
-(`udaseg.hardware`): without native bf16 (AVX2 only), bf16-mixed is many times slower than fp32.
+(`udaseg.runtime.hardware`): without native bf16 (AVX2 only), bf16-mixed is many times slower
+than fp32.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import itertools
 import json
 import resource
@@ -53,9 +54,9 @@ import pytorch_lightning as pl
 import torch
 
 import udaseg.methods as methods
-from udaseg.hardware import cpu_info
 from udaseg.methods.fast_path import FastPath
 from udaseg.models.segmenter import resolve_class
+from udaseg.runtime.hardware import cpu_info
 
 
 class Timer(pl.Callback):
@@ -123,7 +124,7 @@ def measure(args: argparse.Namespace) -> dict:
         return measure_plain_advent(args)
     method_class = getattr(methods, args.method)
     extra = ({"discriminator_width": args.discriminator_width}
-             if issubclass(method_class, methods.AdversarialMethod) else {})
+             if "discriminator_width" in inspect.signature(method_class).parameters else {})
     segmenter_class = (resolve_class(args.segmenter, "--segmenter") if args.segmenter
                        else method_class.default_segmenter())
     segmenter = functools.partial(segmenter_class, depth=args.depth, width=args.width)
@@ -186,8 +187,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--init-args", type=json.loads, default={},
-                        help="JSON of further method arguments, e.g. CrossDomainMixing's "
-                             '\'{"teacher": "ema"}\'')
+                        help="JSON of further method arguments, e.g. DACS's "
+                             '\'{"lambda_mix": 0.5}\'')
     parser.add_argument("--plain-advent", action="store_true",
                         help="first row (the ratios' baseline): ADVENT's iteration as a plain "
                              "PyTorch loop, fp32 (benchmarks/plain_advent.py)")

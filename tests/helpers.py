@@ -5,6 +5,7 @@ never from each other."""
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import signal
 import subprocess
@@ -23,11 +24,28 @@ from PIL import Image
 
 from udaseg.data import IGNORE_INDEX, SyntheticStreets, UDADataModule
 from udaseg.data.base import SegmentationDataset
-from udaseg.methods import AdversarialMethod, UDAMethod
+from udaseg.methods import UDAMethod
 from udaseg.models import DeepLabV2
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+
+
+def names_a_method(config_file: Path) -> bool:
+    """Whether `config_file` is a run config: it names a method (`model: ...` or
+    `model.class_path: ...`), itself or through its `config:` chain. Fragments (benchmark bases,
+    data, trainer, segmenter, method and overlay files) do not."""
+    tree = yaml.safe_load(config_file.read_text())
+    if not isinstance(tree, dict):
+        return False
+    if "model" in tree or "model.class_path" in tree:
+        return True
+    parent = tree.get("config")
+    return isinstance(parent, str) and names_a_method(config_file.parent / parent)
+
+
+#: Every shipped run config (`configs/<benchmark>/<method>.yaml`).
+RUN_CONFIGS = sorted(path for path in CONFIGS.rglob("*.yaml") if names_a_method(path))
 
 
 # ------------------------------------------------------------------ tiny data and methods
@@ -74,7 +92,7 @@ def tiny_method(method_class: type, **kwargs) -> UDAMethod:
     discriminators of width 8 for adversarial methods) unless `kwargs` say otherwise."""
     data = tiny_data()
     kwargs.setdefault("segmenter", tiny_segmenter(method_class=method_class))
-    if issubclass(method_class, AdversarialMethod):
+    if "discriminator_width" in inspect.signature(method_class).parameters:
         kwargs.setdefault("discriminator_width", 8)
     return method_class(num_classes=data.num_classes, class_names=list(data.class_names),
                         **kwargs)
@@ -116,7 +134,7 @@ def write_config(tmp_path: Path, method: str = "udaseg.methods.SourceOnly",
         "trainer": {
             "max_steps": max_steps, "val_check_interval": 3, "enable_progress_bar": False,
             "log_every_n_steps": 1, "accelerator": "cpu", "devices": 1,
-            "logger": {"class_path": "udaseg.loggers.CSVLogger",
+            "logger": {"class_path": "udaseg.runtime.loggers.CSVLogger",
                        "init_args": {"save_dir": str(tmp_path / "runs"),
                                      **({"name": name} if name else {})}},
         },
@@ -133,7 +151,7 @@ def write_config(tmp_path: Path, method: str = "udaseg.methods.SourceOnly",
 def cli_error(capsys, arguments: Sequence[str], exit_code: int = 1) -> str:
     """Run `udaseg ARGUMENTS` in-process, expecting a user's mistake: the exit code, no
     traceback, and exactly one `udaseg <subcommand>: error: ...` line on stderr (returned)."""
-    from udaseg.cli import main
+    from udaseg.runtime.cli import main
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -173,8 +191,8 @@ def fit_two_ranks(tmp_path: Path, method: str, *extra: str,
     of Lightning's own launcher."""
     config = write_config(tmp_path, method=method, max_steps=3, segmenter=segmenter)
     dump = tmp_path / "weights"
-    command = [*(launcher or [sys.executable]), "-m", "udaseg.cli", "fit", "--config", str(config),
-               "--trainer.strategy", "ddp_find_unused_parameters_true",
+    command = [*(launcher or [sys.executable]), "-m", "udaseg.runtime.cli", "fit",
+               "--config", str(config), "--trainer.strategy", "ddp_find_unused_parameters_true",
                "--trainer.devices", "2", "--trainer.accelerator", "cpu",
                *(["--model.init_args.discriminator_width", "8"] if adversarial else []), *extra,
                "--trainer.callbacks+=tests.helpers.SaveRankWeights",

@@ -41,9 +41,9 @@ import yaml
 from PIL import Image
 
 from tests.helpers import REPO, fit, tiny_method
-from udaseg.cli import latest_last_checkpoint, main, run_name
 from udaseg.methods import SourceOnly, UDAMethod
 from udaseg.models import Segmenter
+from udaseg.runtime.cli import latest_last_checkpoint, main, run_name
 
 #: Fence tags and what they hold.
 LANGUAGES = {"bash": "shell", "sh": "shell", "shell": "shell", "python": "python",
@@ -59,7 +59,7 @@ TESTED_RUN = ("udaseg", "test", "--config", "configs/synthetic/source_only.yaml"
 #: in "/" matches words that start with it): an action and, unless it runs, why not.
 COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("udaseg",), "udaseg", ""),
-    (("python", "-m", "udaseg.cli"), "udaseg", ""),
+    (("python", "-m", "udaseg.runtime.cli"), "udaseg", ""),
     (("torchrun",), "launcher", "starts several processes; checked: its udaseg command line "
                                 "resolves"),
     (("sbatch",), "sbatch", "needs a SLURM cluster; checked: the script exists and its "
@@ -405,8 +405,8 @@ class Examples:
     # --- other commands
     def do_launcher(self, command: Command, reason: str) -> Outcome:
         words = list(command.words)
-        assert words[words.index("-m") + 1:][:1] == ["udaseg.cli"], \
-            f"`{command.text}`: expected `-m udaseg.cli`"
+        assert words[words.index("-m") + 1:][:1] == ["udaseg.runtime.cli"], \
+            f"`{command.text}`: expected `-m udaseg.runtime.cli`"
         self.resolve(words[words.index("-m") + 2:])
         return Outcome("checked", reason)
 

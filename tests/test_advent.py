@@ -16,8 +16,8 @@ from udaseg.methods import AdvEnt, MinEnt
 def test_generator_step_gives_no_gradient_to_the_frozen_discriminator():
     method = tiny_method(AdvEnt)
     target_map = torch.rand(2, method.num_classes, 32, 64, requires_grad=True)
-    with method.frozen_discriminators():
-        method.fool_discriminator("main", target_map).backward()
+    with method.discriminators.frozen():
+        method.discriminators.fool("main", target_map).backward()
     assert target_map.grad is not None and target_map.grad.abs().sum() > 0
     assert all(parameter.grad is None for parameter in method.discriminators.parameters())
     assert all(parameter.requires_grad for parameter in method.discriminators.parameters())
@@ -27,8 +27,7 @@ def test_discriminator_step_trains_only_on_detached_maps():
     method = tiny_method(AdvEnt)
     maps = {level: torch.rand(2, method.num_classes, 32, 64, requires_grad=True)
             for level in ("main", "aux")}
-    method.manual_backward = lambda loss: loss.backward()  # no trainer needed here
-    losses = method.train_discriminators(maps, maps)
+    losses = method.discriminators.train_on(maps, maps, backward=lambda loss: loss.backward())
     assert set(losses) == {"disc_main", "disc_aux"}
     assert all(parameter.grad is not None for parameter in method.discriminators.parameters())
     assert all(source_map.grad is None for source_map in maps.values())

@@ -27,11 +27,11 @@ from tests.helpers import (
     write_config,
     write_rgb,
 )
-from udaseg.checkpoint_io import CheckpointError, SafeCheckpointIO
-from udaseg.cli import main
 from udaseg.data import IGNORE_INDEX, SyntheticStreets, UDADataModule
 from udaseg.methods import CLAN, AdvEnt
 from udaseg.models import DeepLabV2, DualClassifierDeepLab
+from udaseg.runtime.checkpoint_io import CheckpointError, SafeCheckpointIO
+from udaseg.runtime.cli import main
 
 
 def test_a_truncated_image_met_in_a_dataloader_worker_is_named_in_one_line(tmp_path, capsys):

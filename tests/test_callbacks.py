@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from tests.helpers import fit, tiny_data, tiny_method
 from udaseg.callbacks import EntropyMaps, IterationProgressBar
-from udaseg.callbacks.files import write_json_atomic, write_png_atomic
 from udaseg.data import SyntheticStreets
 from udaseg.methods import AdvEnt, Ensemble, SourceOnly
-from udaseg.visualize import CITYSCAPES_PALETTE, colorize, palette_for
+from udaseg.report.visualize import CITYSCAPES_PALETTE, colorize, palette_for
+from udaseg.runtime.files import write_json_atomic, write_png_atomic
 
 
 def test_entropy_maps_written_as_image_grid(tmp_path):

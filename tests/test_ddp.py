@@ -20,8 +20,8 @@ from tests.helpers import (
     run_dir,
     write_config,
 )
-from udaseg.cli import main
 from udaseg.data import IGNORE_INDEX, SyntheticStreets
+from udaseg.runtime.cli import main
 
 
 def test_advent_ddp_two_ranks_end_with_identical_weights(tmp_path):
@@ -31,8 +31,8 @@ def test_advent_ddp_two_ranks_end_with_identical_weights(tmp_path):
 
 
 def test_torchrun_launch_trains_like_lightnings_own_launcher(tmp_path):
-    """`torchrun --nproc_per_node 2 -m udaseg.cli fit ...`: Lightning takes the ranks torchrun
-    set up (no processes of its own) and the weights equal a run Lightning launched."""
+    """`torchrun --nproc_per_node 2 -m udaseg.runtime.cli fit ...`: Lightning takes the ranks
+    torchrun set up (no processes of its own) and the weights equal a run Lightning launched."""
     with socket.socket() as probe:                 # a free port for torchrun's rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -55,7 +55,7 @@ def test_validate_on_two_ranks_counts_every_image_once(tmp_path):
     checkpoint = str(run_dir(tmp_path, 0) / "checkpoints" / "last.ckpt")
     five_images = ["--data.val.init_args.num_images", "5", "--ckpt_path", checkpoint]
     main(["validate", "--config", str(config), *five_images])
-    command = [sys.executable, "-m", "udaseg.cli", "validate", "--config", str(config),
+    command = [sys.executable, "-m", "udaseg.runtime.cli", "validate", "--config", str(config),
                *five_images, "--trainer.devices", "2", "--trainer.strategy", "ddp",
                "--trainer.accelerator", "cpu"]
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -77,7 +77,8 @@ def test_the_slurm_example_launches_udaseg_fit_resuming_in_its_own_run_folder(tm
     config: nodes and GPUs from SLURM's variables, the run folder named after the job id
     (a requeued job keeps it), and `--ckpt_path last`."""
     srun = tmp_path / "srun"
-    srun.write_text(f'#!/bin/sh\nshift\nexec {sys.executable} -m udaseg.cli "$@" --print_config\n')
+    srun.write_text(f'#!/bin/sh\nshift\nexec {sys.executable} -m udaseg.runtime.cli "$@" '
+                    '--print_config\n')
     srun.chmod(0o755)
     environment = {**os.environ, "PYTHONPATH": str(REPO), "SLURM_NNODES": "2",
                    "SLURM_NTASKS_PER_NODE": "4", "SLURM_JOB_ID": "77",

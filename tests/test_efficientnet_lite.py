@@ -190,7 +190,7 @@ def test_clan_and_minent_train_the_lite_networks_through_the_cli(tmp_path):
     """The v2 networks are components like any other: `class_path` in a config, ImageNet
     weights from a file (here a small one in the real EfficientNet-PyTorch format)."""
     from tests.helpers import run_dir, write_config
-    from udaseg.cli import main
+    from udaseg.runtime.cli import main
 
     weights = tmp_path / "lite0.pth"
     reference = EfficientNetLiteDeepLab(9)
@@ -216,5 +216,6 @@ def test_clan_and_minent_train_the_lite_networks_through_the_cli(tmp_path):
             "init_args": {"skip_stage": 2, "aspp_dilations": [1, 2]}}
     config = write_config(tmp_path, "udaseg.methods.MinEnt", max_steps=2, segmenter=lite,
                           name="minent")
-    main(["fit", "--config", str(config), "--model.init_args.weights.pretrained", str(weights)])
+    main(["fit", "--config", str(config), "--model.init_args.weights.pretrained", str(weights),
+          "--data.normalization", "signed"])
     assert (run_dir(tmp_path, 0, "minent") / "checkpoints" / "last.ckpt").is_file()

@@ -14,10 +14,10 @@ from tests.helpers import fit, fit_two_ranks, tiny_data, tiny_method
 from udaseg.data import StrongView
 from udaseg.methods import (
     CLAN,
+    DACS,
     TUFL,
     AdvEnt,
     ConservativeLoss,
-    CrossDomainMixing,
     MaxSquare,
     MinEnt,
     SourceOnly,
@@ -34,8 +34,7 @@ METHODS = {
     "maxsquare": (MaxSquare, {}),
     "clan": (CLAN, {"preheat_iters": 1}),   # both halves of CLAN's schedule in two iterations
     "tufl": (TUFL, {"class_weights": "none"}),
-    "dacs": (CrossDomainMixing, {"teacher": "ema", "lambda_ufl": 0.0, "long_tail_p": 0.0,
-                                 "class_weights": "none"}),
+    "dacs": (DACS, {}),
 }
 
 
@@ -202,12 +201,13 @@ def test_channels_last_trains_like_the_default_layout(precision):
 
 def test_channels_last_networks_and_evaluation():
     method = tiny_method(AdvEnt, fast_path=FastPath(channels_last=True))
+    method.setup("validate")                  # the networks are prepared when set up
     convolutions = [module.weight for module in method.modules()
                     if isinstance(module, torch.nn.Conv2d) and module.weight.shape[-1] > 1]
     assert convolutions and all(weight.is_contiguous(memory_format=torch.channels_last)
                                 for weight in convolutions)
     images = torch.randn(1, 3, 32, 64)
-    assert method.in_layout({"image": images})["image"].is_contiguous(
+    assert method.fast_path.layout({"image": images})["image"].is_contiguous(
         memory_format=torch.channels_last)
     plain = tiny_method(AdvEnt)
     plain.load_state_dict(method.state_dict())
@@ -235,7 +235,7 @@ def test_compile_compiles_the_teacher_too():
     module (same weights and outputs as without compile), state-dict keys unchanged."""
     eager, _ = trained("dacs", FastPath())
     compiled, _ = trained("dacs", FastPath(compile=True, compile_backend="eager"))
-    assert compiled.teacher._compiled_call_impl is not None
+    assert compiled.teacher.network._compiled_call_impl is not None
     assert_close_states(eager.state_dict(), compiled.state_dict())
     images = torch.randn(1, 3, 32, 64)
     eager.eval(), compiled.eval()

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from tests.helpers import REPO, grey_png, palette_png, rgb_image, run_dir, write_rgb
-from udaseg.cli import main
 from udaseg.data import IGNORE_INDEX, LabelledFolder
+from udaseg.runtime.cli import main
 
 SPACE = {"classes": ["road", "car", "person"], "id_to_train_id": {7: 0, 26: 1, 24: 2},
          "eval_subsets": {"mIoU-small": [2]}}

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import run_dir, write_config
-from udaseg.cli import main
-from udaseg.inference import Inference, infer_logits, window_starts
+from udaseg.evaluation.inference import Inference, infer_logits, window_starts
+from udaseg.runtime.cli import main
 
 torch.manual_seed(0)
 PIXELWISE = torch.nn.Conv2d(3, 5, kernel_size=1)   # each pixel's logits from that pixel alone

@@ -10,9 +10,9 @@ import pytorch_lightning as pl
 import torch
 
 from tests.helpers import fit, tiny_data, tiny_method
+from udaseg.evaluation import ConfusionMatrix, confusion_matrix, iou_per_class, mean_iou, summarize
 from udaseg.methods import SourceOnly
 from udaseg.methods.base import poly_lr
-from udaseg.metrics import ConfusionMatrix, confusion_matrix, iou_per_class, mean_iou, summarize
 
 
 def test_confusion_matrix_counts_and_skips_ignore_pixels():

@@ -8,7 +8,7 @@ import json
 import matplotlib
 
 from tests.helpers import REPO, write_config
-from udaseg.cli import main
+from udaseg.runtime.cli import main
 
 
 def test_the_comparison_notebook_runs_on_a_tiny_run(tmp_path, monkeypatch, capsys):

@@ -18,7 +18,7 @@ def test_a_cli_command_resolves_no_host_and_opens_no_connection(tmp_path):
                                                    str(REPO)]),
                        NETWORK_LOG=str(log))
     result = subprocess.run(
-        [sys.executable, "-m", "udaseg.cli", "fit", "--config",
+        [sys.executable, "-m", "udaseg.runtime.cli", "fit", "--config",
          str(CONFIGS / "synthetic" / "advent.yaml"), "--print_config"],
         cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from tests.helpers import REPO, run_dir, write_config
-from udaseg.cli import main
-from udaseg.loggers import CSVLogger, truncate_metrics
+from udaseg.runtime.cli import main
+from udaseg.runtime.loggers import CSVLogger, truncate_metrics
 
 
 def torchrun_fit(root: Path, *extra: str) -> str:
@@ -32,7 +32,7 @@ def torchrun_fit(root: Path, *extra: str) -> str:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--max-restarts", "1", "--monitor-interval", "0.1", "--rdzv-backend", "c10d",
                "--rdzv-endpoint", f"127.0.0.1:{port}",
-               "-m", "udaseg.cli", "fit", "--config", str(config), "--ckpt_path", "last",
+               "-m", "udaseg.runtime.cli", "fit", "--config", str(config), "--ckpt_path", "last",
                "--checkpoint.every_n_train_steps", "3", "--model.init_args.discriminator_width",
                "8", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
                "--trainer.strategy", "ddp_find_unused_parameters_true", *extra]

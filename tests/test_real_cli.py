@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from udaseg.cli import main
-from udaseg.visualize import CITYSCAPES_PALETTE
+from udaseg.report.visualize import CITYSCAPES_PALETTE
+from udaseg.runtime.cli import main
 
 
 def write_config(tmp_path: Path, gta5: Path, cityscapes: Path) -> Path:
@@ -21,7 +21,7 @@ def write_config(tmp_path: Path, gta5: Path, cityscapes: Path) -> Path:
         "seed_everything": 0,
         "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False,
                     "accelerator": "cpu", "devices": 1,
-                    "logger": {"class_path": "udaseg.loggers.CSVLogger",
+                    "logger": {"class_path": "udaseg.runtime.loggers.CSVLogger",
                                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "g2c"}}},
         "model": {"class_path": "udaseg.methods.AdvEnt", "init_args": {
             "segmenter": {"class_path": "udaseg.models.DeepLabV2",

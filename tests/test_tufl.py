@@ -20,13 +20,15 @@ from tests.helpers import (
     tiny_method,
     tiny_segmenter,
 )
-from udaseg.batch_augment import (
+from udaseg.adaptation.batch_augment import (
     MixPhotometric,
     RandomAffine,
     in_frame_mask,
     iteration_generator,
     warp,
 )
+from udaseg.adaptation.photometric import augment_input
+from udaseg.adaptation.two_views import STRONG_VIEW_STREAM
 from udaseg.data import StrongView, UDADataModule
 from udaseg.losses import (
     adaptive_thresholds,
@@ -189,10 +191,11 @@ def test_clean_logits_are_warped_into_the_strong_frame():
                      shadow_intensity=None, noise_sd=None, blur_radius=None, equalize_p=0.0)
     batch, _, _ = next(iter(data(off).train_dataloader()))
     method = tufl(segmenter=PixelSegmenter, class_weights="none")
-    strong_images, theta = method.strong_view(batch["target"])
-    clean, strong, in_frame = method.target_predictions(
+    strong_images, theta = method.views.strong_view(batch["target"], method.iteration_generator,
+                                                    "imagenet")
+    clean, strong, in_frame = method.views.predictions(
         method.segmenter(batch["target"]["image"]), method.segmenter(strong_images), theta,
-        tuple(strong_images.shape[-2:]))
+        tuple(strong_images.shape[-2:]), ["main"])
     assert in_frame.float().mean() > 0.3
     frame = in_frame.unsqueeze(1).expand_as(clean["main"])
     assert torch.allclose(clean["main"][frame], strong["main"][frame], atol=1e-4)
@@ -230,15 +233,17 @@ def test_device_strong_view_replaces_the_workers_one():
     "strong_image" is needed; with every step off it is the clean view, with the defaults it
     differs, and one iteration draws the same view every time."""
     off = MixPhotometric(jitter_p=0.0, noise_std=None, blur_sigma=None, equalize_p=0.0)
-    method = tufl(device_strong_view=off)
-    method.input_normalization = "imagenet"
     images = first_training_batch()[1]["image"]
-    assert torch.allclose(method.photometric_view(images), images, atol=1e-5)
+
+    def photometric_view(method: TUFL) -> torch.Tensor:
+        return augment_input(method.views.device_photometric, images, "imagenet",
+                             method.iteration_generator(STRONG_VIEW_STREAM))
+
+    assert torch.allclose(photometric_view(tufl(device_strong_view=off)), images, atol=1e-5)
     method = tufl(device_strong_view=MixPhotometric())
-    method.input_normalization = "imagenet"
-    strong = method.photometric_view(images)
+    strong = photometric_view(method)
     assert strong.shape == images.shape and not torch.allclose(strong, images, atol=1e-2)
-    assert torch.equal(method.photometric_view(images), strong)
+    assert torch.equal(photometric_view(method), strong)
     trained = tufl(device_strong_view={}, initial_threshold=0.05)
     fit_tufl(trained, steps=2, module=data(strong_view=None))
     assert not torch.equal(trained.thresholds, torch.full_like(trained.thresholds, 0.05))
@@ -255,9 +260,8 @@ def test_tufl_ddp_two_ranks_share_weights_and_thresholds(tmp_path):
     ranks = fit_two_ranks(tmp_path, "udaseg.methods.TUFL", "--data.target_strong_view", "{}",
                           "--model.init_args.initial_threshold", "0.05",
                           "--model.init_args.bn_stats", "batch", adversarial=False)
-    assert "thresholds" in ranks[0]["state_dict"]
-    assert not torch.equal(ranks[0]["state_dict"]["thresholds"],
-                           torch.full_like(ranks[0]["state_dict"]["thresholds"], 0.05))
+    thresholds = ranks[0]["state_dict"]["selection.thresholds"]
+    assert not torch.equal(thresholds, torch.full_like(thresholds, 0.05))
     assert_identical_weights(ranks)
 
 
@@ -333,7 +337,8 @@ def test_out_of_frame_keep_reproduces_the_official_selection_thresholds_and_loss
                       threshold_updates=updates, head_weights={"main": 1.0, "aux": 0.5},
                       out_of_frame=out_of_frame)
         losses: dict = {}
-        method.focal_loss(method.target_predictions(clean, strong, theta, (9, 11)), losses)
+        method.focal_loss(method.views.predictions(clean, strong, theta, (9, 11),
+                                                   ["main", "aux"]), losses)
         return losses, method.thresholds
 
     p, q = ({head: F.softmax(logits, dim=1) for head, logits in views.items()} for views in (
@@ -367,8 +372,8 @@ def test_official_float32_precision_of_threshold_steps():
     assert updated.item() == 0.9 * 0.8 + (1 - 0.9) * float(torch.tensor(0.8))
     method = tufl(threshold="fixed", class_weights="none")
     prob = torch.tensor([0.8, 0.2]).view(1, 2, 1, 1)
-    assert not method.select_pixels(prob).any()
-    assert method.select_pixels(prob + torch.tensor([1e-7, -1e-7]).view(1, 2, 1, 1)).all()
+    assert not method.selection.select(prob).any()
+    assert method.selection.select(prob + torch.tensor([1e-7, -1e-7]).view(1, 2, 1, 1)).all()
 
 
 class NoNormalization:

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.loggers import WandbLogger
 
-from udaseg.callbacks.files import run_directory, write_png_atomic
 from udaseg.data.classes import IGNORE_INDEX
 from udaseg.data.transforms import denormalize
 from udaseg.losses import entropy_map
-from udaseg.visualize import colorize, heatmap, legend, title_row
+from udaseg.report.visualize import colorize, heatmap, legend, title_row
+from udaseg.runtime.files import run_directory, write_png_atomic
 
 COLUMNS = ("input", "prediction", "entropy", "truth")
 

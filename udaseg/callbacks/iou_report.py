@@ -9,8 +9,8 @@ import pytorch_lightning as pl
 from rich.console import Console
 from rich.table import Table
 
-from udaseg.callbacks.files import run_directory, write_json_atomic
-from udaseg.compare import CONFUSION_KEY
+from udaseg.report.results import COMMAND_KEY, CONFUSION_KEY, ITERATION_KEY, metrics_file
+from udaseg.runtime.files import run_directory, write_json_atomic
 
 
 def iou_table(metrics: dict[str, float], title: str) -> Table:
@@ -40,16 +40,17 @@ class IoUReport(pl.Callback):
         self.console = Console()
 
     def _report(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
-        metrics: Optional[dict[str, float]] = getattr(module, "eval_results", {}).get(stage)
+        evaluator = getattr(module, "evaluator", None)
+        metrics: Optional[dict[str, float]] = evaluator.results.get(stage) if evaluator else None
         if not metrics or trainer.sanity_checking or not trainer.is_global_zero:
             return
         if self.print_table or trainer.state.fn != "fit":
             title = f"{stage} at iteration {module.iteration}"
             self.console.print(iou_table(metrics, title))
         # `command` keeps evaluation-only runs apart from training runs in comparisons.
-        write_json_atomic(run_directory(trainer) / f"{stage}_metrics.json",
-                          {"iteration": module.iteration, "command": trainer.state.fn.value,
-                           **metrics, CONFUSION_KEY: module.eval_confusion.get(stage)})
+        write_json_atomic(run_directory(trainer) / metrics_file(stage),
+                          {ITERATION_KEY: module.iteration, COMMAND_KEY: trainer.state.fn.value,
+                           **metrics, CONFUSION_KEY: evaluator.matrices.get(stage)})
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._report(trainer, module, "val")

@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import pytorch_lightning as pl
 
-from udaseg.callbacks.files import write_png_atomic
-from udaseg.visualize import colorize, legend
+from udaseg.report.visualize import colorize, legend
+from udaseg.runtime.files import write_png_atomic
 
 
 class PredictionWriter(pl.Callback):

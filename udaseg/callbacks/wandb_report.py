@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import yaml
 from pytorch_lightning.loggers import WandbLogger
 
-from udaseg.callbacks.files import run_directory
+from udaseg.runtime.files import run_directory
 
 PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,8 @@ class WandbReport(pl.Callback):
         self._describe_run(trainer)
 
     def _log_table(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
-        metrics = getattr(module, "eval_results", {}).get(stage)
+        evaluator = getattr(module, "evaluator", None)
+        metrics = evaluator.results.get(stage) if evaluator else None
         if not metrics or trainer.sanity_checking or not trainer.is_global_zero:
             return
         rows = [[name.removeprefix("IoU/"), value] for name, value in metrics.items()

@@ -42,6 +42,8 @@ class UDADataModule(pl.LightningDataModule):
         eval_augmentation: evaluation-time resize; labels stay at full resolution.
         normalization: "imagenet" (torchvision weights), "caffe_bgr" (official DeepLab init)
             or "signed", (x - 127) / 128 (TensorFlow-converted EfficientNet-Lite weights).
+            Recorded in run checkpoints; a method whose weights expect another refuses the
+            run when it sets up (`udaseg.models.weights.check_input_normalization`).
         batch_size: source images per iteration *per process*: under DDP an iteration sees
             `batch_size x devices x num_nodes` source images, so a run on more GPUs trains
             with a larger effective batch. target_batch_size defaults to the same.
@@ -102,6 +104,9 @@ class UDADataModule(pl.LightningDataModule):
         self.target_augmentation = target_augmentation
         self.eval_augmentation = eval_augmentation
         self.normalization = normalization
+        # In checkpoints (Lightning's datamodule hyperparameters): a run started from one
+        # (`weights.init_checkpoint`) knows what input its weights expect.
+        self.save_hyperparameters({"normalization": normalization})
         self.batch_size = batch_size
         self.target_batch_size = target_batch_size or batch_size
         self.eval_batch_size = eval_batch_size

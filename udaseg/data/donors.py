@@ -1,5 +1,5 @@
 """Source crops that contain a given class, prepared off the training loop: the donors of CIM's
-long-tail pasting (`udaseg.methods.CrossDomainMixing`).
+long-tail pasting (`udaseg.adaptation.LongTailPasting`, in `udaseg.methods.CIM`).
 
 Which classes an iteration pastes depends on the model (CIM draws them by its current class
 thresholds), so the donors cannot be a batch a DataLoader prepares ahead. Instead each class

@@ -11,7 +11,7 @@ from udaseg.losses.clan import (
     weight_discrepancy_loss,
     weighted_bce_with_constant,
 )
-from udaseg.losses.common import segmentation_cross_entropy, upsample_logits
+from udaseg.losses.common import level_probabilities, segmentation_cross_entropy, upsample_logits
 from udaseg.losses.conservative import (
     conservative_loss,
     conservative_loss_published,
@@ -45,6 +45,7 @@ __all__ = [
     "entropy_map",
     "focal_loss",
     "iw_maxsquare_loss",
+    "level_probabilities",
     "local_alignment_map",
     "maxsquare_loss",
     "mixed_pixel_weights",

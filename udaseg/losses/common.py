@@ -3,6 +3,7 @@ form."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Optional
 
 import torch
@@ -44,3 +45,11 @@ def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     weight = None if class_weights is None else class_weights.to(logits)
     return F.cross_entropy(logits, labels.long(), weight=weight, ignore_index=ignore_index,
                            reduction="none")
+
+
+def level_probabilities(outputs: Mapping[str, torch.Tensor],
+                        size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Softmax of the "main" and (if present) "aux" logits, upsampled to `size` first
+    (official order: upsample, then softmax)."""
+    return {level: F.softmax(upsample_logits(outputs[level], size), dim=1)
+            for level in ("main", "aux") if level in outputs}

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from udaseg.losses import entropy_loss, entropy_map
+from udaseg.losses import entropy_loss, entropy_map, level_probabilities
 from udaseg.methods.adversarial import OutputSpaceAdversarial
-from udaseg.methods.base import UDAMethod, level_probabilities
+from udaseg.methods.base import UDAMethod
 
 
 class MinEnt(UDAMethod):
@@ -55,7 +55,7 @@ class AdvEnt(OutputSpaceAdversarial):
 
     Args:
         lambda_adv_main / lambda_adv_aux: adversarial weights (paper: 1e-3 and 2e-4).
-        **kwargs: `AdversarialMethod` arguments.
+        **kwargs: `OutputSpaceAdversarial` arguments.
     """
 
     def discriminator_input(self, probability: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,11 @@ starts with `supervised_step(source, target["image"])` (source forward, supervis
 backward, then the target forward; or all images in one forward on the fused fast path).
 
 Construction rule: the base saves every constructor argument of the whole class chain as
-hyperparameters first, then builds the segmenter and the discriminators, so builders and steps
-read `self.hparams.<argument>`; a subclass never sets attributes before `super().__init__()`.
+hyperparameters first and builds the segmenter (with its initial weights) and the evaluator; a
+method then builds its components (`udaseg.adaptation`: discriminators, a teacher, ClassMix...)
+right after `super().__init__()`, in a fixed order (random initialisations depend on it), and
+never sets attributes before it. The base finds the networks among them (`networks`) for the
+fast path and the BN statistics of DDP ranks.
 
 What "iteration" means: one source batch + one target batch, as in the papers. Lightning counts
 every optimizer `.step()` as a global step; only the segmenter's step goes through Lightning's
@@ -19,21 +22,33 @@ from __future__ import annotations
 
 import abc
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import ClassVar, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from udaseg.inference import Inference
+from udaseg.adaptation.batch_augment import iteration_generator
+from udaseg.adaptation.discriminators import DomainDiscriminators
+from udaseg.adaptation.teacher import Teacher
+from udaseg.evaluation.evaluator import SegmentationEvaluator
+from udaseg.evaluation.inference import Inference
 from udaseg.losses import segmentation_cross_entropy, upsample_logits
-from udaseg.methods.checkpointing import CheckpointState
-from udaseg.methods.evaluation import SegmentationEvaluation
-from udaseg.methods.fast_path import FastPath, FastPathHooks, batched_forward
-from udaseg.methods.optim import OptimConfig, one_scaler_update, poly_lr
-from udaseg.metrics import ConfusionMatrix
+from udaseg.methods.checkpointing import (
+    CONSECUTIVE_SKIPS_KEY,
+    RNG_STATES_KEY,
+    CheckpointError,
+    checkpoint_mismatch,
+    horizon_change_warning,
+    rank_rng_states,
+    rename_legacy_keys,
+)
+from udaseg.methods.fast_path import DeferredBackward, FastPath, batched_forward
+from udaseg.methods.nonfinite import nonfinite_terms, stop_message
+from udaseg.methods.optim import POLY_HORIZON_KEY, OptimConfig, one_scaler_update, poly_lr
 from udaseg.models import (
     AUX,
     MAIN,
@@ -45,22 +60,14 @@ from udaseg.models import (
     initialize_segmenter,
     segmenter_spec,
 )
-
-
-def level_probabilities(outputs: SegmenterOutput,
-                        size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Softmax of the "main" and (if present) "aux" logits, upsampled to `size` first
-    (official order: upsample, then softmax)."""
-    return {level: F.softmax(upsample_logits(outputs[level], size), dim=1)
-            for level in (MAIN, AUX) if level in outputs}
-
+from udaseg.models.weights import check_input_normalization
+from udaseg.runtime.rng_state import restore_rng_states
 
 #: `nonfinite_loss: skip` gives up after this many skipped iterations in a row.
 MAX_CONSECUTIVE_SKIPS = 20
 
 
-class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.LightningModule,
-                abc.ABC):
+class UDAMethod(pl.LightningModule, abc.ABC):
     """Base LightningModule of all methods (manual optimisation).
 
     Args:
@@ -89,7 +96,7 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
             the forward's BN running statistics are kept), counted in `skipped_iterations`
             and logged as `train/skipped_iterations`. Ranks decide together under DDP.
         inference: test-time options of validation, test and predict (flip, scales, sliding
-            windows; `udaseg.inference.Inference`); the whole image once by default.
+            windows; `udaseg.evaluation.Inference`); the whole image once by default.
         fast_path: speed switches (channels_last, fused forwards, torch.compile;
             `udaseg.methods.fast_path.FastPath`), all off by default.
     """
@@ -127,31 +134,29 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
         self.save_hyperparameters({"segmenter": segmenter_spec(segmenter)})
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])
-        if len(self.class_names) != num_classes:
-            raise ValueError(f"class_names has {len(self.class_names)} entries, "
-                             f"num_classes is {num_classes}")
-        self.eval_subsets = dict(eval_subsets or {"mIoU": list(range(num_classes))})
         # Typed copies: under the CLI `hparams` holds these as plain dicts.
         self.optim_config = optim
         self.weights_config = weights
-        self.inference_config = inference if isinstance(inference, Inference) else \
-            Inference(**inference)
         self.fast_path = fast_path if isinstance(fast_path, FastPath) else FastPath(**fast_path)
         self.segmenter = self.build_segmenter()
         unknown = sorted(set(head_weights) - set(self.segmenter.heads)) if head_weights else []
         if unknown:
             raise ValueError(f"model.init_args.head_weights names head(s) {unknown}, but "
                              f"{type(self.segmenter).__name__} has {list(self.segmenter.heads)}")
-        self.discriminators = self.build_discriminators()
-        # Before any copy of the segmenter (a teacher) is made, so copies share the layout.
-        self.prepare_fast_path()
-        self.val_confusion = ConfusionMatrix(num_classes, ignore_index)
-        self.test_confusion = ConfusionMatrix(num_classes, ignore_index)
-        # Latest evaluation results, read by callbacks (IoU table, result files).
-        self.eval_results: dict[str, dict[str, float]] = {}
-        # ... and their confusion matrices (rows: ground truth, columns: prediction).
-        self.eval_confusion: dict[str, list[list[int]]] = {}
+        # None here; adversarial methods replace it (one discriminator per level).
+        self.discriminators = DomainDiscriminators()
+        self.evaluator = SegmentationEvaluator(
+            num_classes, ignore_index, class_names, eval_subsets,
+            inference if isinstance(inference, Inference) else Inference(**inference))
+        self.class_names = self.evaluator.class_names
+        self.eval_subsets = self.evaluator.subsets
+        # The data module's input normalisation (read when training starts): on-device
+        # photometric steps work on RGB in [0, 1].
+        self.input_normalization: Optional[str] = None
+        # seed_everything's seed (set when training starts): the draws of iteration k on a
+        # rank (`iteration_generator`) are the same in every run with that seed, resumed or not.
+        self.augmentation_seed = 0
+        self._deferred_backward: Optional[DeferredBackward] = None
         # Iterations the loaded checkpoint was trained for (validate/test report it).
         self.trained_iterations = 0
         # Checkpointed, so a resumed run keeps counting.
@@ -195,10 +200,6 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
         """Appended to the missing-head error: which segmenter or option would do."""
         return ""
 
-    def build_discriminators(self) -> nn.ModuleDict:
-        """Discriminators by name; each gets its own Adam optimiser. None by default."""
-        return nn.ModuleDict()
-
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         config = self.optim_config
         segmenter_optimizer = torch.optim.SGD(
@@ -206,12 +207,9 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
              {"params": list(self.segmenter.classifier_parameters()),
               "base_lr": config.lr * config.classifier_lr_mult}],
             lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        optimizers = [segmenter_optimizer]
-        for discriminator in self.discriminators.values():
-            optimizers.append(torch.optim.Adam(
-                [{"params": discriminator.parameters(), "base_lr": config.discriminator_lr}],
-                lr=config.discriminator_lr, betas=config.discriminator_betas))
-        return optimizers
+        return [segmenter_optimizer,
+                *self.discriminators.optimizers(config.discriminator_lr,
+                                                config.discriminator_betas)]
 
     def train(self, mode: bool = True) -> UDAMethod:
         super().train(mode)
@@ -225,6 +223,26 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
         # Lightning never calls train() when fit starts (modules are built in train mode), so
         # apply `bn_stats` here; evaluation loops restore each module's mode afterwards.
         self.train()
+        self.augmentation_seed = torch.initial_seed()
+        self.input_normalization = getattr(self.trainer.datamodule, "normalization", None)
+
+    def networks(self) -> list[nn.Module]:
+        """Every network of the method: the segmenter, the discriminators and a teacher's."""
+        teachers = [child.network for child in self.children() if isinstance(child, Teacher)]
+        return [self.segmenter, *self.discriminators.values(), *teachers]
+
+    def setup(self, stage: str) -> None:
+        # Before any batch: weights that expect inputs normalised otherwise than the data
+        # module's are refused (silent when either side does not say).
+        datamodule = getattr(self._trainer, "datamodule", None)
+        check_input_normalization(self.weights_config, getattr(datamodule, "normalization", None),
+                                  getattr(self.segmenter, "pretrained_formats", ()))
+        self.fast_path.prepare(self.networks())
+
+    def iteration_generator(self, stream: int) -> torch.Generator:
+        """A CPU generator of this iteration's draws on this rank, one per `stream`."""
+        return iteration_generator(self.augmentation_seed, self.global_step, self.global_rank,
+                                   stream=stream)
 
     # ----------------------------------------------------------------- training loop
     @property
@@ -285,7 +303,7 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         self.set_learning_rates(optimizers)
-        batch = self.in_layout(batch)
+        batch = self.fast_path.layout(batch)
         target = batch.get("target")
         if target is None and self.needs_target:
             raise ValueError(f"{type(self).__name__} adapts to a target stream, but the training "
@@ -319,27 +337,12 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
     def nonfinite_terms(self, losses: dict[str, torch.Tensor]) -> list[str]:
         """The loss terms that are NaN/inf on this rank, if any rank has one (else []);
         raises under `nonfinite_loss: stop`."""
-        terms = {name: value.detach() for name, value in losses.items()
-                 if torch.is_tensor(value) and value.is_floating_point()}
-        if not terms:
-            return []
-        # One device sync per iteration (this runs on the hot path), not one per term.
-        finite = torch.stack([torch.isfinite(value).all() for value in terms.values()])
-        flag = (~finite).any().float()
-        if self._trainer is not None and self.trainer.world_size > 1:
-            flag = self.trainer.strategy.reduce(flag, reduce_op="sum")
-        if flag.item() == 0:
-            return []
-        bad = [name for name, ok in zip(terms, finite.tolist(), strict=True) if not ok]
-        described = ", ".join(f"{name} = {losses[name].item()}" for name in bad) or \
-            "none on this rank (another rank's)"
-        if self.hparams.nonfinite_loss == "stop":
-            raise FloatingPointError(
-                f"iteration {self.global_step}: non-finite loss: {described}. Stopped before the "
-                "optimiser step, so no weight or checkpoint holds it; lower the learning rate, "
-                "check the inputs, or set model.init_args.nonfinite_loss: skip to drop such "
-                "iterations")
-        return bad or ["(another rank)"]
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        bad = nonfinite_terms(losses, lambda flag: self.trainer.strategy.reduce(
+            flag, reduce_op="sum") if distributed else flag)
+        if bad and self.hparams.nonfinite_loss == "stop":
+            raise FloatingPointError(stop_message(self.global_step, losses, bad))
+        return bad
 
     def on_train_batch_end(self, outputs: object, batch: dict, batch_idx: int) -> None:
         # Asking to stop at the last iteration makes Lightning validate once more, so every run
@@ -425,3 +428,118 @@ class UDAMethod(CheckpointState, SegmentationEvaluation, FastPathHooks, pl.Light
         """Training iterations behind the current weights (also outside `fit`)."""
         return max(self.global_step, self.trained_iterations) if self._trainer else \
             self.trained_iterations
+
+    # ----------------------------------------------------------------- fused backward
+    @contextmanager
+    def iteration_backward(self) -> Iterator[None]:
+        """Around an iteration's `adaptation_step`: on the fused path (one forward for all
+        batches, one graph) its backward calls are collected and run as one at the end."""
+        if not self.fast_path.fused_forward:
+            yield
+            return
+        self._deferred_backward = DeferredBackward()
+        try:
+            yield
+            self._deferred_backward.run(super().manual_backward)
+        finally:
+            self._deferred_backward = None
+
+    def manual_backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        """Lightning's backward (AMP scaling, DDP), or inside a fused iteration: kept for its
+        one backward (the losses share one graph)."""
+        if self._deferred_backward is None:
+            super().manual_backward(loss, *args, **kwargs)
+            return
+        if args or kwargs:
+            raise ValueError("fast_path.fused_forward runs one plain backward per iteration; "
+                             "manual_backward options are not supported there")
+        self._deferred_backward.add(loss)
+
+    # ----------------------------------------------------------------- evaluation
+    def logits_at(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Main-classifier logits of `images` upsampled to `size`: one network pass."""
+        return upsample_logits(self.segmenter(images)[MAIN], size)
+
+    def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Logits at `size` (the label resolution in evaluation) under the test-time options."""
+        return self.evaluator.predict(self.logits_at, self.fast_path.layout(images), size)
+
+    @torch.no_grad()
+    def average_bn_statistics(self) -> None:
+        """Make BN running statistics identical on every rank (their mean): each rank's forwards
+        update its own, and DDP broadcasts buffers only once per iteration, so without this each
+        rank would evaluate (and a resumed run restart) with a slightly different model."""
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return
+        teachers = [child for child in self.children() if isinstance(child, Teacher)]
+        for module in (self.segmenter, *teachers):
+            for buffer in module.buffers():
+                if buffer.is_floating_point():
+                    buffer.copy_(self.trainer.strategy.reduce(buffer.clone(), reduce_op="mean"))
+
+    def _evaluate(self, stage: str, batch: dict) -> None:
+        labels = batch["label"]
+        self.evaluator.process(stage, self.predict_logits(batch["image"],
+                                                          tuple(labels.shape[-2:])), labels)
+
+    def _log_evaluation(self, stage: str) -> None:
+        metrics = self.evaluator.compute(stage)
+        # Values are already reduced over ranks (torchmetrics); sync_dist only averages copies.
+        self.log_dict({f"{stage}/{name}": value for name, value in metrics.items()},
+                      on_step=False, on_epoch=True, sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self.average_bn_statistics()
+
+    def on_test_epoch_start(self) -> None:
+        self.average_bn_statistics()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Train-id maps at each image's original size (one size per batch)."""
+        height, width = (int(value) for value in batch["original_size"][0])
+        logits = self.predict_logits(batch["image"], (height, width))
+        return {"prediction": logits.argmax(dim=1).to(torch.uint8), "name": batch["name"]}
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Besides Lightning's state: the poly horizon, the run of skipped iterations and every
+        rank's global RNG states. Under DDP the ranks' BN running statistics are averaged first,
+        in place (the state dict Lightning collected shares these tensors): a resumed run gives
+        every rank the checkpoint's statistics, so the run left alone must hold those too."""
+        if self.poly_horizon is not None:
+            checkpoint[POLY_HORIZON_KEY] = self.poly_horizon
+        checkpoint[CONSECUTIVE_SKIPS_KEY] = self.consecutive_skips
+        self.average_bn_statistics()
+        checkpoint[RNG_STATES_KEY] = rank_rng_states(
+            self.trainer.world_size if self._trainer is not None else 1)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rename_legacy_keys(checkpoint.get("state_dict") or {})
+        problem = checkpoint_mismatch(self.state_dict(), checkpoint, type(self).__name__,
+                                      self.num_classes, type(self.segmenter).__name__)
+        if problem:
+            raise CheckpointError(problem)
+        self.trained_iterations = int(checkpoint.get("global_step", 0))
+        if self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        rng_states = checkpoint.get(RNG_STATES_KEY) or []
+        if len(rng_states) == self.trainer.world_size:
+            restore_rng_states(rng_states[self.trainer.global_rank])
+        self.consecutive_skips = int(checkpoint.get(CONSECUTIVE_SKIPS_KEY, 0))
+        saved_horizon = checkpoint.get(POLY_HORIZON_KEY)
+        if saved_horizon and saved_horizon != self.max_iters:
+            rank_zero_warn(horizon_change_warning(
+                self.trained_iterations, saved_horizon, self.max_iters,
+                self.optim_config.poly_power, self.optim_config.warmup_iters))

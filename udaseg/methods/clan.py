@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from udaseg.adaptation.discriminators import SOURCE_LABEL, TARGET_LABEL, DomainDiscriminators
 from udaseg.losses import (
     bce_with_constant,
     focal_loss,
@@ -24,13 +25,13 @@ from udaseg.losses import (
     weight_discrepancy_loss,
     weighted_bce_with_constant,
 )
-from udaseg.methods.adversarial import SOURCE_LABEL, TARGET_LABEL, AdversarialMethod
-from udaseg.methods.fast_path import paired_forward
+from udaseg.methods.base import UDAMethod
 from udaseg.models import MAIN, DualClassifierDeepLab, SegmenterFactory, SegmenterOutput
 from udaseg.models.dual_classifier import FIRST, SECOND
+from udaseg.models.fused_forward import paired_forward
 
 
-class CLAN(AdversarialMethod):
+class CLAN(UDAMethod):
     """Category-level adversarial network: one discriminator on `softmax(z1 + z2)`.
 
     Iteration (official order): with D frozen, source loss `L(z1) + L(z2)` backward; on the
@@ -79,9 +80,10 @@ class CLAN(AdversarialMethod):
         segmentation_loss: "cross_entropy" (default) or "focal" (official code).
         focal_gamma: gamma of the focal loss.
         detach_alignment_map: stop the generator's adversarial gradient through M (paper).
+        discriminator_width: channels of the first discriminator conv (64 officially).
         segmenter: a segmenter with two classifiers (heads "first", "second" and
             `classifier_pair()`): `udaseg.models.DualClassifierDeepLab`, the default here.
-        **kwargs: `AdversarialMethod` arguments; `adaptation_warmup` ramps the adversarial term.
+        **kwargs: `UDAMethod` arguments; `adaptation_warmup` ramps the adversarial term.
     """
 
     progress_losses = ("seg", "adv", "disc_target")
@@ -90,11 +92,14 @@ class CLAN(AdversarialMethod):
                  lambda_local: float = 40.0, epsilon: float = 0.4, preheat_iters: int = 5000,
                  segmentation_loss: Literal["cross_entropy", "focal"] = "cross_entropy",
                  focal_gamma: float = 2.0, detach_alignment_map: bool = True,
+                 discriminator_width: int = 64,
                  segmenter: SegmenterFactory = DualClassifierDeepLab, **kwargs) -> None:
         if segmentation_loss not in ("cross_entropy", "focal"):
             raise ValueError(f"segmentation_loss must be 'cross_entropy' or 'focal', "
                              f"got {segmentation_loss!r}")
         super().__init__(segmenter=segmenter, **kwargs)
+        # One discriminator, on the summed prediction.
+        self.discriminators = DomainDiscriminators([MAIN], self.num_classes, discriminator_width)
 
     def required_heads(self) -> Sequence[str]:
         return [FIRST, SECOND]
@@ -109,9 +114,6 @@ class CLAN(AdversarialMethod):
                              "has no classifier_pair(): change model.init_args.segmenter"
                              + self.head_hint())
         return segmenter
-
-    def discriminator_levels(self) -> Sequence[str]:
-        return [MAIN]  # one discriminator, on the summed prediction
 
     # ----------------------------------------------------------------- schedules
     @property
@@ -169,7 +171,7 @@ class CLAN(AdversarialMethod):
         hparams = self.hparams
         damping = self.damping
         source_size, target_size = (tuple(batch["image"].shape[-2:]) for batch in (source, target))
-        with self.frozen_discriminators():
+        with self.discriminators.frozen():
             source_outputs, losses, (target_outputs,) = self.supervised_step(source,
                                                                              target["image"])
             first, second = (upsample_logits(target_outputs[head], target_size)

@@ -25,16 +25,19 @@ fused path trades memory for speed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from udaseg.models import SegmenterOutput
+from udaseg.models.fused_forward import (  # noqa: F401  (re-exported)
+    batched_forward,
+    paired_forward,
+    per_batch_norm,
+    to_channels_last,
+)
 
 
 @dataclass(frozen=True)
@@ -59,111 +62,22 @@ class FastPath:
     compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune"]] = None
     compile_backend: str = "inductor"
 
+    def prepare(self, networks: Iterable[nn.Module]) -> None:
+        """NHWC weights (`channels_last`) and `torch.compile` (`compile`), in place, so state-dict
+        keys, checkpoints and optimisers see the same modules; a compiled network stays so."""
+        for network in networks:
+            if self.channels_last:
+                network.to(memory_format=torch.channels_last)
+            if self.compile and getattr(network, "_compiled_call_impl", None) is None:
+                network.compile(mode=self.compile_mode, backend=self.compile_backend)
+
+    def layout(self, batch: object) -> object:
+        """A batch (or images) in the networks' memory layout: NHWC under `channels_last`."""
+        return to_channels_last(batch) if self.channels_last else batch
+
 
 # Methods built in Python pickle this config in their checkpoints' `hyper_parameters`.
 torch.serialization.add_safe_globals([FastPath])
-
-
-@contextmanager
-def per_batch_norm(network: nn.Module, sizes: Sequence[int]) -> Iterator[None]:
-    """Inside the block, every train-mode BN layer of `network` splits its input into chunks of
-    `sizes` images and runs its own forward on each chunk in turn, then concatenates them.
-
-    So each chunk is normalised by its own batch statistics, its gradient is that of the
-    separate forward, and the running statistics (and `num_batches_tracked`, on which
-    `momentum=None`'s cumulative average depends) are updated chunk after chunk, as separate
-    forwards in that order would; every other layer sees the whole batch. SyncBatchNorm is
-    refused: it reduces its statistics across ranks by collectives that this has not been
-    checked with.
-    """
-    layers = [module for module in network.modules()
-              if isinstance(module, _BatchNorm) and module.training]
-    if len(sizes) < 2 or not layers:
-        yield
-        return
-    synchronised = [module for module in layers if isinstance(module, nn.SyncBatchNorm)]
-    if synchronised:
-        raise ValueError(
-            "model.init_args.fast_path.fused_forward with bn_stats: batch normalises each batch "
-            f"of the joint forward by its own statistics, which {len(synchronised)} SyncBatchNorm "
-            "layer(s) do not support: set trainer.sync_batchnorm: false, bn_stats: frozen or "
-            "fused_forward: false")
-    sizes = [int(size) for size in sizes]
-    # An instance attribute that shadows the class's `forward` (which it calls): the modules,
-    # their hooks and what optimisers and torch.compile hold stay the same (torch.compile
-    # guards on it and keeps one graph for the fused forwards).
-    shadowed = [(layer, vars(layer).get("forward")) for layer in layers]
-    for layer in layers:
-        layer.forward = _chunked_forward(layer, sizes)
-    try:
-        yield
-    finally:
-        for layer, previous in shadowed:
-            del layer.forward
-            if previous is not None:
-                layer.forward = previous
-
-
-def _chunked_forward(layer: _BatchNorm, sizes: list[int]) -> Callable[[torch.Tensor],
-                                                                      torch.Tensor]:
-    forward = type(layer).forward
-
-    def chunked(batch: torch.Tensor) -> torch.Tensor:
-        if batch.shape[0] != sum(sizes):
-            raise ValueError(
-                f"fast_path.fused_forward splits each BN layer's input into the iteration's "
-                f"batches of {sizes} images, but a {type(layer).__name__} got {batch.shape[0]}: "
-                "this segmenter normalises something other than a batch of images; set "
-                "fused_forward: false or bn_stats: frozen")
-        return torch.cat([forward(layer, chunk) for chunk in batch.split(sizes)])
-
-    return chunked
-
-
-def to_channels_last(batch: object) -> object:
-    """Every 4-D floating tensor in a (nested dict/list of a) batch, in NHWC layout."""
-    if torch.is_tensor(batch):
-        if batch.dim() == 4 and batch.is_floating_point():
-            return batch.contiguous(memory_format=torch.channels_last)
-        return batch
-    if isinstance(batch, dict):
-        return {key: to_channels_last(value) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_channels_last(value) for value in batch)
-    return batch
-
-
-def batched_forward(network: nn.Module,
-                    images: Sequence[torch.Tensor]) -> list[SegmenterOutput]:
-    """`[network(batch) for batch in images]` computed as one forward of their concatenation.
-
-    Equal to the separate forwards (up to float rounding), running statistics included, for
-    networks whose only layers that mix images are BN layers (`per_batch_norm`). Raises if the
-    batches differ in image size.
-    """
-    sizes = {tuple(batch.shape[1:]) for batch in images}
-    if len(sizes) > 1:
-        raise ValueError(
-            "model.init_args.fast_path.fused_forward concatenates the iteration's image batches, "
-            f"but they differ in size: {sorted(sizes)}; crop source and target alike "
-            "(data.source_augmentation.crop / data.target_augmentation.crop) or set "
-            "fused_forward: false")
-    counts = [batch.shape[0] for batch in images]
-    with per_batch_norm(network, counts):
-        joint = network(torch.cat(list(images)))
-    split = {head: logits.split(counts) for head, logits in joint.items()}
-    return [{head: parts[index] for head, parts in split.items()}
-            for index in range(len(images))]
-
-
-def paired_forward(network: Callable[[torch.Tensor], torch.Tensor], source: torch.Tensor,
-                   target: torch.Tensor, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(network(source), network(target))`, as one batched call when `fused` and the maps
-    have one size (a discriminator: no layer mixes images, so this is exact)."""
-    if not fused or source.shape[1:] != target.shape[1:]:
-        return network(source), network(target)
-    joint = network(torch.cat([source, target]))
-    return joint[:source.shape[0]], joint[source.shape[0]:]
 
 
 class DeferredBackward:
@@ -180,60 +94,3 @@ class DeferredBackward:
         if self.losses:
             backward(torch.stack([loss.float() for loss in self.losses]).sum())
         self.losses.clear()
-
-
-class FastPathHooks:
-    """The fast path's part of `UDAMethod` (a mixin of that LightningModule: it reads the
-    method's `fast_path`, `segmenter` and `discriminators`)."""
-
-    _deferred_backward: Optional[DeferredBackward] = None
-
-    def prepare_fast_path(self) -> None:
-        """NHWC weights (`channels_last`); called once the networks are built."""
-        if self.fast_path.channels_last:
-            for network in (self.segmenter, self.discriminators):
-                network.to(memory_format=torch.channels_last)
-
-    def compiled_networks(self) -> list[nn.Module]:
-        """The networks `compile` compiles: the segmenter and the discriminators; methods with
-        further networks (a teacher) add them."""
-        return [self.segmenter, *self.discriminators.values()]
-
-    def setup(self, stage: str) -> None:
-        # Compiled in place: state-dict keys, checkpoints and optimisers see the same modules.
-        if self.fast_path.compile:
-            for network in self.compiled_networks():
-                if getattr(network, "_compiled_call_impl", None) is None:
-                    network.compile(mode=self.fast_path.compile_mode,
-                                    backend=self.fast_path.compile_backend)
-
-    def in_layout(self, batch: object) -> object:
-        """A batch (or images) in the networks' memory layout: NHWC under `channels_last`.
-        Called by the training and evaluation steps (not a transfer hook, which Lightning
-        would let override the data module's)."""
-        return to_channels_last(batch) if self.fast_path.channels_last else batch
-
-    @contextmanager
-    def iteration_backward(self) -> Iterator[None]:
-        """Around an iteration's `adaptation_step`: on the fused path its backward calls are
-        collected and run as one at the end of the block."""
-        if not self.fast_path.fused_forward:
-            yield
-            return
-        self._deferred_backward = DeferredBackward()
-        try:
-            yield
-            self._deferred_backward.run(super().manual_backward)
-        finally:
-            self._deferred_backward = None
-
-    def manual_backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
-        """Lightning's backward (AMP scaling, DDP), or inside a fused iteration: kept for its
-        one backward (the losses share one graph)."""
-        if self._deferred_backward is None:
-            super().manual_backward(loss, *args, **kwargs)
-            return
-        if args or kwargs:
-            raise ValueError("fast_path.fused_forward runs one plain backward per iteration; "
-                             "manual_backward options are not supported there")
-        self._deferred_backward.add(loss)

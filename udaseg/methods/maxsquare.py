@@ -21,11 +21,12 @@ import torch
 
 from udaseg.losses import (
     iw_maxsquare_loss,
+    level_probabilities,
     maxsquare_loss,
     segmentation_cross_entropy,
     self_produced_guidance,
 )
-from udaseg.methods.base import UDAMethod, level_probabilities
+from udaseg.methods.base import UDAMethod
 from udaseg.models import AUX, MAIN
 
 

@@ -32,7 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from udaseg.batch_augment import MixPhotometric, RandomAffine
+from udaseg.adaptation.batch_augment import MixPhotometric, RandomAffine
+from udaseg.adaptation.photometric import require_input_normalization
+from udaseg.adaptation.thresholds import ThresholdSelection
+from udaseg.adaptation.two_views import OutOfFrame, TwoViews
 from udaseg.losses import (
     class_balance_weights,
     class_weighted_cross_entropy,
@@ -40,8 +43,6 @@ from udaseg.losses import (
 )
 from udaseg.losses.consistency import FocalModulation
 from udaseg.methods.base import UDAMethod
-from udaseg.methods.threshold_selection import ThresholdSelection
-from udaseg.methods.two_views import TwoViews
 from udaseg.models import MAIN
 
 torch.serialization.add_safe_globals([RandomAffine, MixPhotometric])
@@ -49,7 +50,7 @@ torch.serialization.add_safe_globals([RandomAffine, MixPhotometric])
 ClassWeighting = Union[Literal["source_frequency", "none"], list[float]]
 
 
-class TUFL(ThresholdSelection, TwoViews, UDAMethod):
+class TUFL(UDAMethod):
     """`L = L_sup + adaptation_weight * lambda_ufl * sum_head w_head * L_UFL(head)`.
 
     Head weights `w_head` are the supervised ones (`loss_head_weights`); every head's clean
@@ -76,10 +77,10 @@ class TUFL(ThresholdSelection, TwoViews, UDAMethod):
         weighted_source_loss: the class weights also weight the source loss (official).
         strong_affine: the strong view's random affine (official ranges).
         device_strong_view: make the strong view's photometric steps on the device, on the
-            whole target batch (`udaseg.batch_augment.MixPhotometric`; `{}` = TUFL's steps
-            without the shadow overlay), instead of reading "strong_image" from the data
-            module (`data.target_strong_view`: PIL, in the DataLoader workers, the official
-            order with the shadow). None = the data module's. Needs `data.normalization`.
+            whole target batch (`udaseg.adaptation.batch_augment.MixPhotometric`; `{}` =
+            TUFL's steps without the shadow overlay), instead of reading "strong_image" from
+            the data module (`data.target_strong_view`: PIL, in the DataLoader workers, the
+            official order with the shadow). None = the data module's. Needs `data.normalization`.
         bn_stats: "frozen" as officially (`net.eval()`); "batch" for networks trained from
             scratch (the built-in benchmark).
         **kwargs: `UDAMethod` arguments.
@@ -93,24 +94,20 @@ class TUFL(ThresholdSelection, TwoViews, UDAMethod):
                  initial_threshold: float = 0.8, threshold_rank: float = 0.8,
                  threshold_exponent: float = 8.0, threshold_momentum: float = 0.9,
                  threshold_updates: Literal["per_iteration", "per_head"] = "per_iteration",
-                 out_of_frame: Literal["exclude", "keep"] = "exclude",
+                 out_of_frame: OutOfFrame = "exclude",
                  class_weights: ClassWeighting = "source_frequency",
                  class_weight_offset: float = 1.10, weighted_source_loss: bool = True,
                  strong_affine: RandomAffine = RandomAffine(),
                  device_strong_view: Optional[MixPhotometric] = None,
                  bn_stats: Literal["batch", "frozen"] = "frozen", **kwargs) -> None:
         super().__init__(bn_stats=bn_stats, **kwargs)
-        self.strong_affine = (RandomAffine(**strong_affine) if isinstance(strong_affine, dict)
-                              else strong_affine)
-        self.device_strong_view = (MixPhotometric(**device_strong_view)
-                                   if isinstance(device_strong_view, dict)
-                                   else device_strong_view)
-        # The data module's input normalisation, read when training starts (until then
-        # ImageNet's): on-device photometric steps work on RGB in [0, 1].
-        self.input_normalization = "imagenet"
-        # float64 as officially: the update mixes in (1 - a) * psi every iteration.
-        self.register_buffer("thresholds", torch.full((self.num_classes,), initial_threshold,
-                                                      dtype=torch.float64))
+        self.views = TwoViews(
+            RandomAffine(**strong_affine) if isinstance(strong_affine, dict) else strong_affine,
+            MixPhotometric(**device_strong_view) if isinstance(device_strong_view, dict)
+            else device_strong_view, out_of_frame)
+        self.selection = ThresholdSelection(self.num_classes, threshold, initial_threshold,
+                                            threshold_rank, threshold_exponent,
+                                            threshold_momentum)
         given = isinstance(class_weights, (list, tuple))
         if given and len(class_weights) != self.num_classes:
             raise ValueError(f"model.init_args.class_weights has {len(class_weights)} entries, "
@@ -120,24 +117,31 @@ class TUFL(ThresholdSelection, TwoViews, UDAMethod):
         initial = torch.tensor(class_weights, dtype=torch.float32) if given else \
             torch.zeros(self.num_classes)
         self.register_buffer("class_weights", initial)
-        self.augmentation_seed = 0
 
     # ----------------------------------------------------------------- set-up
+    @property
+    def thresholds(self) -> torch.Tensor:
+        """The (C,) class thresholds of the pixel selection (a checkpointed buffer)."""
+        return self.selection.thresholds
+
     @property
     def loss_class_weights(self) -> Optional[torch.Tensor]:
         return None if self.hparams.class_weights == "none" else self.class_weights
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        # seed_everything's seed: the affine draws of iteration k are the same in every run
-        # with that seed, resumed or not.
-        self.augmentation_seed = torch.initial_seed()
-        self.read_input_normalization(self.trainer.datamodule)
+        require_input_normalization(self.input_normalization, self.device_photometric_settings(),
+                                    self.trainer.datamodule)
         if self.hparams.class_weights == "source_frequency" and not self.class_weights.any():
             counts = np.asarray(self.trainer.datamodule.source_pixel_counts()).sum(axis=0)
             weights = class_balance_weights(torch.from_numpy(counts),
                                             self.hparams.class_weight_offset)
             self.class_weights.copy_(weights)
+
+    def device_photometric_settings(self) -> list[str]:
+        """Settings whose photometric steps run on the device: they need the data module's
+        input normalisation."""
+        return ["device_strong_view"] if self.views.device_photometric is not None else []
 
     def source_pixel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weights = self.loss_class_weights
@@ -147,33 +151,37 @@ class TUFL(ThresholdSelection, TwoViews, UDAMethod):
 
     # ----------------------------------------------------------------- iteration
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
-        strong_images, theta = self.strong_view(target)
+        strong_images, theta = self.views.strong_view(target, self.iteration_generator,
+                                                      self.input_normalization)
         _, losses, (clean_outputs, strong_outputs) = self.supervised_step(
             source, target["image"], strong_images)
-        focal = self.focal_loss(self.target_predictions(
-            clean_outputs, strong_outputs, theta, tuple(strong_images.shape[-2:])), losses)
+        # The main head always: the once-per-iteration threshold update reads it.
+        heads = dict.fromkeys([MAIN, *self.loss_head_weights])
+        focal = self.focal_loss(self.views.predictions(
+            clean_outputs, strong_outputs, theta, tuple(strong_images.shape[-2:]), heads),
+            losses)
         self.manual_backward(self.adaptation_weight * self.hparams.lambda_ufl * focal)
         return losses
 
     def focal_loss(self, predictions: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
                                             Optional[torch.Tensor]],
                    losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`sum_head w_head * L_UFL(head)` of this target batch's `target_predictions`
+        """`sum_head w_head * L_UFL(head)` of this target batch's two-view predictions
         (thresholds updated first); its terms, the selected share and the thresholds are
         added to `losses` for logging."""
         clean_logits, strong_logits, in_frame = predictions
-        adaptive = self.hparams.threshold == "adaptive"
+        adaptive = self.selection.adaptive
         per_head = self.hparams.threshold_updates == "per_head"
         clean_probs = {head: F.softmax(logits.detach().float(), dim=1)
                        for head, logits in clean_logits.items()}
         if adaptive and not per_head:
-            self.update_thresholds(clean_probs[MAIN], in_frame)
+            self.selection.update(clean_probs[MAIN], in_frame, self.gather)
         total = 0.0
         for head, weight in self.loss_head_weights.items():
             clean_prob = clean_probs[head]
             if adaptive and per_head:
-                self.update_thresholds(clean_prob, in_frame)
-            selected = self.select_pixels(clean_prob, in_frame)
+                self.selection.update(clean_prob, in_frame, self.gather)
+            selected = self.selection.select(clean_prob, in_frame)
             losses[f"ufl_{head}"] = unsupervised_focal_loss(
                 clean_logits[head], strong_logits[head], selected,
                 self.loss_class_weights, self.hparams.focal_gamma, self.hparams.modulation)
@@ -185,3 +193,9 @@ class TUFL(ThresholdSelection, TwoViews, UDAMethod):
             for name, value in zip(self.class_names, self.thresholds, strict=True):
                 losses[f"threshold/{name}"] = value
         return total
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` of every rank, concatenated along dim 0 (itself on one process)."""
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return tensor
+        return self.all_gather(tensor).flatten(0, 1)

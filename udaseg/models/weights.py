@@ -6,6 +6,8 @@
   (`Segmenter.pretrained_formats`; the DeepLab ResNets read torchvision files and the official
   Caffe-converted `DeepLab_resnet_pretrained_imagenet.pth`).
 - `load_segmenter_checkpoint`: a full released or Lightning checkpoint, loaded strictly by key.
+- `check_input_normalization`: the weights' own input normalisation (their format's, a run
+  checkpoint's record, or the user's statement) against the data module's.
 Every failure raises `WeightsError` naming the file and saying what did not match.
 """
 
@@ -13,13 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, NamedTuple, Optional, Union, get_args
 
 import torch
+from pytorch_lightning import LightningDataModule
 from torch import nn
+
+from udaseg.data.transforms import Normalization
 
 if TYPE_CHECKING:
     from udaseg.models.segmenter import Segmenter
@@ -31,6 +37,15 @@ StateDict = dict[str, torch.Tensor]
 #: holding the segmenter, then DataParallel's `module.` (MaxSquare's released checkpoints).
 CHECKPOINT_PREFIXES: tuple[str, ...] = ("segmenter.", "module.")
 _MAX_LISTED = 20
+
+#: The input normalisation (`data.normalization`) the networks of each pretrained file format
+#: were trained with: torchvision's ImageNet mean/std, the Caffe ResNet's BGR mean (ADVENT's
+#: `Scale.*` file), TensorFlow Lite's (x - 127) / 128 (the EfficientNet-Lite files).
+FORMAT_NORMALIZATION: dict[str, Normalization] = {
+    "torchvision": "imagenet", "deeplab": "caffe_bgr", "efficientnet_pytorch": "signed"}
+#: Key of the settings a udaseg data module records (`data.normalization`) in run checkpoints.
+DATA_RECORD_KEY = LightningDataModule.CHECKPOINT_HYPER_PARAMS_KEY
+_WEIGHTS_KEY = "model.init_args.weights"
 
 
 class WeightsError(ValueError):
@@ -199,16 +214,24 @@ class SegmenterWeights:
     Args:
         pretrained: pretrained (ImageNet) initialisation file (a path, or
             `package://<module>/<file>` inside an installed package), e.g. ADVENT's
-            `DeepLab_resnet_pretrained_imagenet.pth` (pair it with `normalization: caffe_bgr`)
-            or a torchvision ResNet-101 state dict (`normalization: imagenet`). Classifiers keep
-            their random initialisation.
+            `DeepLab_resnet_pretrained_imagenet.pth` (format "deeplab", expects data
+            `normalization: caffe_bgr`) or a torchvision ResNet-101 state dict ("torchvision",
+            `normalization: imagenet`). Classifiers keep their random initialisation.
         pretrained_format: "auto" (told apart by the keys) or one of the segmenter's formats.
+            Each known format declares the input normalisation it expects
+            (`FORMAT_NORMALIZATION`); "auto" declares one only when all the segmenter's
+            formats agree (not for the DeepLab ResNets: name the format to have it checked).
         pretrained_sha256: expected SHA-256 of `pretrained` (the run refuses another file).
         init_checkpoint: a full segmenter state dict to start from: another run's Lightning
             checkpoint (`last.ckpt`), or a released model (`module.` prefixes are stripped).
             Weights only: optimisers, iteration count and poly schedule start fresh. Applied
             after `pretrained`.
         init_checkpoint_sha256: expected SHA-256 of `init_checkpoint`.
+        normalization: the input normalisation these weights expect (`data.normalization`'s
+            values), for a file that does not say it itself; None = the files' own
+            declaration: a udaseg run checkpoint's recorded `data.normalization`, else the
+            `pretrained` format's. A run whose data is normalised otherwise is refused
+            (`check_input_normalization`).
     """
 
     pretrained: Optional[str] = None
@@ -216,6 +239,7 @@ class SegmenterWeights:
     pretrained_sha256: Optional[str] = None
     init_checkpoint: Optional[str] = None
     init_checkpoint_sha256: Optional[str] = None
+    normalization: Optional[Normalization] = None
 
 
 def initialize_segmenter(model: Segmenter, weights: SegmenterWeights) -> None:
@@ -226,3 +250,76 @@ def initialize_segmenter(model: Segmenter, weights: SegmenterWeights) -> None:
     if weights.init_checkpoint:
         load_segmenter_checkpoint(model, weights.init_checkpoint,
                                   sha256=weights.init_checkpoint_sha256)
+
+
+class DeclaredNormalization(NamedTuple):
+    """The input normalisation a network's weights expect, and the setting that says so."""
+
+    normalization: Normalization
+    declared_by: str
+
+
+def recorded_normalization(path: PathLike) -> Optional[Normalization]:
+    """The `data.normalization` the udaseg run that wrote checkpoint `path` trained with (its
+    data module's record); None for a file without one (a released state dict). Only the
+    file's metadata is read: the tensors stay on disk."""
+    path = resolve_weights_path(path)
+    if not zipfile.is_zipfile(path):  # udaseg runs write torch.save's zip format (PyTorch 1.6+)
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise WeightsError(f"cannot read {path} with torch.load(weights_only=True): "
+                           f"{err}") from err
+    record = obj.get(DATA_RECORD_KEY) if isinstance(obj, Mapping) else None
+    value = record.get("normalization") if isinstance(record, Mapping) else None
+    return value if value in get_args(Normalization) else None
+
+
+def format_normalization(fmt: str,
+                         pretrained_formats: Sequence[str] = ()) -> Optional[Normalization]:
+    """What a pretrained file of format `fmt` expects; for "auto", what every format of
+    `pretrained_formats` (the segmenter's) expects, None when they differ."""
+    formats = pretrained_formats if fmt == "auto" else (fmt,)
+    expected = {FORMAT_NORMALIZATION.get(name) for name in formats}
+    return expected.pop() if len(expected) == 1 else None
+
+
+def declared_normalization(weights: SegmenterWeights, pretrained_formats: Sequence[str] = ()
+                           ) -> Optional[DeclaredNormalization]:
+    """The input normalisation the network expects once `weights` are applied, or None when
+    unknown (also for random initialisation, which expects nothing).
+
+    In order: `weights.normalization` when stated; else the file applied last decides:
+    `init_checkpoint` by its run's record (a file without one leaves it unknown: it replaced
+    the pretrained weights), then `pretrained` by its format (`format_normalization`, with
+    the segmenter's `pretrained_formats`).
+    """
+    if weights.normalization is not None:
+        return DeclaredNormalization(weights.normalization, f"{_WEIGHTS_KEY}.normalization")
+    if weights.init_checkpoint:
+        recorded = recorded_normalization(weights.init_checkpoint)
+        return None if recorded is None else DeclaredNormalization(
+            recorded, f"{_WEIGHTS_KEY}.init_checkpoint ({weights.init_checkpoint}, the "
+            "data.normalization its run recorded)")
+    if weights.pretrained:
+        expected = format_normalization(weights.pretrained_format, pretrained_formats)
+        return None if expected is None else DeclaredNormalization(
+            expected, f"{_WEIGHTS_KEY}.pretrained ({weights.pretrained}, format "
+            f"{weights.pretrained_format})")
+    return None
+
+
+def check_input_normalization(weights: SegmenterWeights, data_normalization: Optional[str],
+                              pretrained_formats: Sequence[str] = ()) -> None:
+    """Refuse data normalised otherwise than the weights expect (`declared_normalization`):
+    a one-line ValueError naming both settings and values. Silent when either is unknown."""
+    declared = declared_normalization(weights, pretrained_formats)
+    if declared is None or data_normalization is None:
+        return
+    if declared.normalization != data_normalization:
+        raise ValueError(
+            f"{declared.declared_by} expects inputs normalised {declared.normalization!r}, but "
+            f"data.normalization is {data_normalization!r}: set data.normalization: "
+            f"{declared.normalization} (or state what other weights expect in "
+            f"{_WEIGHTS_KEY}.normalization)")

@@ -1,0 +1,75 @@
+"""DACS (Tranheden, Olsson, Pinto, Svensson, "DACS: Domain Adaptation via Cross-domain Mixed
+Sampling", WACV 2021; official code vikolss/DACS).
+
+Every iteration: an EMA teacher labels the target batch; each source/target pair is mixed by
+ClassMix (half of the source label's classes pasted onto the target image, labelled with the
+source label there and the teacher's pseudo-labels elsewhere); the mixed images get a colour
+jitter and blur; the student trains on the source batch and the mixed batch:
+`L = L_sup + lambda_mix * L_mix`, target pixels of the mix weighted by the share of pixels the
+teacher is sure of (>= 0.968). After the student's step the teacher follows it.
+
+Official-code choices (README "Official quirks"): the teacher's BN uses batch statistics (it is
+run in train mode); ClassMix draws among the label's values, the ignore label included
+(`classmix_ignore_label: candidate`; udaseg's default draws among classes only).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from udaseg.adaptation.batch_augment import ClassMixIgnoreLabel, MixPhotometric
+from udaseg.adaptation.class_mix import DACS_MIX_PHOTOMETRIC, MIX_STREAM, ClassMix
+from udaseg.adaptation.photometric import require_input_normalization
+from udaseg.adaptation.teacher import Teacher, TeacherBN
+from udaseg.methods.base import UDAMethod
+from udaseg.models import MAIN
+
+
+class DACS(UDAMethod):
+    """`L = L_sup + adaptation_weight * lambda_mix * L_mix` with an EMA teacher.
+
+    Args:
+        lambda_mix: weight of the mixed-image loss (1).
+        ema_momentum: the teacher's largest EMA alpha, `min(1 - 1/(t + 1), 0.99)`.
+        teacher_bn: "train" (batch statistics, official) or "eval".
+        pseudo_confidence: teacher confidence that counts as sure in the target weight (0.968).
+        classmix_ignore_label: "never" (ClassMix draws among the source label's classes) or
+            "candidate" (official: the ignore label is drawn like a class).
+        mix_photometric: augmentation of the mixed image on the device (DACS's colour jitter
+            and blur); needs `data.normalization`.
+        **kwargs: `UDAMethod` arguments.
+    """
+
+    progress_losses = ("seg", "mix")
+
+    def __init__(self, lambda_mix: float = 1.0, ema_momentum: float = 0.99,
+                 teacher_bn: TeacherBN = "train", pseudo_confidence: float = 0.968,
+                 classmix_ignore_label: ClassMixIgnoreLabel = "never",
+                 mix_photometric: MixPhotometric = DACS_MIX_PHOTOMETRIC, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.teacher = Teacher(self.segmenter, "ema", ema_momentum, teacher_bn)
+        self.class_mix = ClassMix(self.ignore_index, classmix_ignore_label,
+                                  MixPhotometric(**mix_photometric)
+                                  if isinstance(mix_photometric, dict) else mix_photometric)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        require_input_normalization(self.input_normalization, ["mix_photometric"],
+                                    self.trainer.datamodule)
+
+    def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
+        # The mix needs only the teacher and its own generator, so it is built first and can
+        # share the source forward (fused path).
+        mixed = self.class_mix.with_teacher(
+            self.teacher, source, target["image"], self.hparams.pseudo_confidence,
+            self.iteration_generator(MIX_STREAM), self.input_normalization)
+        _, losses, (mixed_outputs,) = self.supervised_step(source, mixed.images)
+        losses.update(mixed.statistics())
+        losses["mix"] = mixed.loss(mixed_outputs[MAIN], ignore_index=self.ignore_index)
+        self.manual_backward(self.adaptation_weight * self.hparams.lambda_mix * losses["mix"])
+        return losses
+
+    def step_optimizers(self, optimizers: list) -> None:
+        iteration = self.global_step
+        super().step_optimizers(optimizers)
+        self.teacher.update(self.segmenter, iteration)

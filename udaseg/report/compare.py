@@ -1,0 +1,262 @@
+"""Compare runs: mean ± std of mIoU and per-class IoU over the seeds of each configuration.
+
+    udaseg report runs/ --stage test [--per-class] [--format markdown|latex|csv] [--best]
+    udaseg report runs/synthetic/advent runs/synthetic/clan --stage val --plots figures/
+
+(`udaseg.runtime.cli` reads the command's options and calls the functions here;
+`udaseg.report.plots` draws the figures.)
+
+Reads every `<stage>_metrics.json` under the given folder (a logger's `save_dir`, one run
+name's folder of versions, or a single version) and the `config.yaml` next to it. Versions are
+seeds of one row only when they share the run name, the command that wrote the metrics (a
+training run's last validation is never mixed with an evaluation-only `udaseg validate`), the
+iteration count, and the whole config apart from the seed and bookkeeping (logger, callbacks,
+checkpoint settings; a start checkpoint from another run counts as that run's name, so the
+seeds of a two-stage method, each started from its own seed's first stage, share a row). Rows
+of one name that differ are labelled with what differs; a name
+whose runs stopped at different iterations is reported on stderr.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from udaseg.report.results import (
+    COMMAND_KEY,
+    CONFIG_FILE,
+    CONFUSION_KEY,
+    ITERATION_KEY,
+    METRICS_CSV,
+    metrics_file,
+)
+
+#: Config keys that do not make two runs different experiments: the seed, where and how the
+#: run is logged or checkpointed, how it is shown, where the weights come from for evaluation.
+NOT_THE_EXPERIMENT = ("seed_everything", "data.seed", "trainer.logger", "trainer.callbacks",
+                      "trainer.enable_progress_bar", "checkpoint", "snapshots", "preemption",
+                      "iou_report", "predictions",
+                      "ckpt_path", "config")
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    command: str
+    iteration: int
+    config: dict[str, str]          # flattened, bookkeeping removed, values as JSON text
+    metrics: dict[str, float]
+    folder: Path = Path()           # the version folder (metrics.csv, config.yaml)
+    confusion: Optional[list[list[int]]] = None   # rows: ground truth, columns: prediction
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}; lists and scalars become JSON text."""
+    if isinstance(tree, dict) and tree:
+        flat: dict[str, str] = {}
+        for key, value in tree.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: json.dumps(tree, sort_keys=True, default=str)}
+
+
+def start_run(value: str) -> str:
+    """A start checkpoint that is another udaseg run's (`<name>/<version>/checkpoints/x.ckpt`
+    next to that version's config.yaml) stands for that run's name, so two-stage runs whose
+    seeds each start from their own seed's stage-1 run are one experiment (CIM from TUFL)."""
+    path = Path(json.loads(value)) if value.startswith('"') else None
+    if path is not None and path.parent.name == "checkpoints" and \
+            (path.parent.parent / CONFIG_FILE).is_file():
+        return json.dumps(f"run:{path.parent.parent.parent.name}")
+    return value
+
+
+def experiment(config: dict) -> dict[str, str]:
+    flat = {key: start_run(value) if key.endswith("init_checkpoint") else value
+            for key, value in flatten(config).items()}
+    return {key: value for key, value in flat.items()
+            if not any(key == skip or key.startswith(skip + ".") for skip in NOT_THE_EXPERIMENT)}
+
+
+def collect(root: Path, stage: str) -> list[Run]:
+    """Every run under `root` with a `<stage>_metrics.json` (an error that says what is there
+    instead and what to do when there is none)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder: give runs/, one run's folder (e.g. "
+                                "runs/synthetic/source_only) or one version of it")
+    runs = []
+    for path in sorted(root.rglob(metrics_file(stage))):
+        version = path.parent
+        if version == root:                      # root is one version
+            name = root.parent.name
+        elif version.parent == root:             # root is one run name's folder of versions
+            name = root.name
+        else:                                    # root is a save_dir: names may be nested
+            name = str(version.parent.relative_to(root))
+        metrics = json.loads(path.read_text())
+        confusion = metrics.pop(CONFUSION_KEY, None)
+        config_file = version / CONFIG_FILE
+        config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+        runs.append(Run(name=name, command=str(metrics.pop(COMMAND_KEY, "fit")),
+                        iteration=int(metrics.pop(ITERATION_KEY, -1)),
+                        config=experiment(config or {}), metrics=metrics, folder=version,
+                        confusion=confusion))
+    if not runs:
+        raise FileNotFoundError(f"no {metrics_file(stage)} under {root}: "
+                                f"{missing_stage(root, stage)}")
+    return runs
+
+
+def missing_stage(root: Path, stage: str) -> str:
+    """What `root` holds instead of `<stage>` results, and the command that makes them."""
+    other = "val" if stage == "test" else "test"
+    found = sorted(root.rglob(metrics_file(other)))
+    if not found:
+        return ("it holds no finished udaseg run (`udaseg fit` writes val_metrics.json when it "
+                "ends, `udaseg test` test_metrics.json)")
+    version = found[-1].parent
+    if stage == "val":
+        return (f"found {len(found)} test_metrics.json (e.g. {version}): report them with "
+                "--stage test")
+    # A run folder is named <benchmark>/<config> after its config: point at that file if here.
+    guess = Path("configs", version.parent.parent.name, f"{version.parent.name}.yaml")
+    config_text = str(guess) if guess.is_file() else "CONFIG.yaml"
+    return (f"found {len(found)} val_metrics.json of training runs (e.g. {version}). Evaluate a "
+            f"run on the test split first: udaseg test --config {config_text} --ckpt_path "
+            f"{version / 'checkpoints' / 'last.ckpt'}; or report the validation results with "
+            "--stage val")
+
+
+def group(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Row label -> the runs (seeds) of one configuration."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        key = (run.name, run.command, run.iteration, tuple(sorted(run.config.items())))
+        groups.setdefault(key, []).append(run)
+    labelled: dict[str, list[Run]] = {}
+    for key, members in groups.items():
+        name, command, iteration, _ = key
+        siblings = [other for other in groups if other[0] == name and other != key]
+        parts = [command] if any(other[1] != command for other in siblings) else []
+        if any(other[2] != iteration for other in siblings):
+            parts.append(f"{iteration} it")
+        # Config keys that tell this row from rows of the same name, command and iteration.
+        config = members[0].config
+        differing = sorted({config_key for other in siblings if other[1:3] == key[1:3]
+                            for config_key in set(dict(other[3])) | set(config)
+                            if dict(other[3]).get(config_key) != config.get(config_key)})
+        parts += [f"{k.rsplit('.', 1)[-1]}={config.get(k, '-')}" for k in differing[:3]]
+        labelled[name + (f" [{', '.join(parts)}]" if parts else "")] = members
+    return labelled
+
+
+def warn_mixed_iterations(runs: Sequence[Run]) -> None:
+    by_name: dict[str, set[int]] = {}
+    for run in runs:
+        by_name.setdefault(run.name, set()).add(run.iteration)
+    for name, iterations in by_name.items():
+        if len(iterations) > 1:
+            print(f"warning: runs under {name!r} stopped at different iterations "
+                  f"{sorted(iterations)}; each count is its own row, never averaged",
+                  file=sys.stderr)
+
+
+def mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def validation_history(run: Run) -> list[tuple[int, dict[str, float]]]:
+    """(iteration, metrics) of every validation in the run's metrics.csv (CSV logger), in
+    order; [] without one. Lightning logs the validation after iteration i as step i - 1."""
+    path = run.folder / METRICS_CSV
+    if not path.is_file():
+        return []
+    with open(path, newline="") as stream:
+        rows = [row for row in csv.DictReader(stream) if row.get("val/mIoU")]
+    return [(int(float(row["step"])) + 1,
+             {key.removeprefix("val/"): float(value) for key, value in row.items()
+              if key.startswith("val/") and value != ""}) for row in rows]
+
+
+def best_validation(runs: Sequence[Run]) -> list[Run]:
+    """Each run's validation with the highest mIoU, as a Run (iteration: where it was). Picking
+    it looks at target labels: an oracle selection, reported as such."""
+    best = []
+    for run in runs:
+        history = validation_history(run)
+        if history:
+            iteration, metrics = max(history, key=lambda item: item[1]["mIoU"])
+            best.append(Run(run.name, run.command, iteration, run.config, metrics, run.folder))
+    return best
+
+
+def summarize(groups: dict[str, list[Run]], per_class: bool,
+              best: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Column names and rows (run, seeds, iterations, metric columns) of the comparison; with
+    `best`, each row is followed by its runs' best validations (labelled oracle)."""
+    first = next(iter(groups.values()))[0].metrics
+    keys = [key for key in first if per_class or not key.startswith("IoU/")]
+    header = ["run", "seeds", "iterations"] + [key.removeprefix("IoU/") for key in keys]
+
+    def row(label: str, members: Sequence[Run]) -> list[str]:
+        iterations = sorted({run.iteration for run in members})
+        return ([label, str(len(members)), "/".join(map(str, iterations))]
+                + [mean_std([run.metrics[key] for run in members if key in run.metrics])
+                   for key in keys])
+
+    rows = []
+    for label, members in groups.items():
+        rows.append(row(label, members))
+        chosen = best_validation(members) if best else []
+        if chosen:
+            rows.append(row(f"{label} [best val checkpoint: oracle]", chosen))
+    return header, rows
+
+
+def latex_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A booktabs tabular (`\\usepackage{booktabs}`), ± as $\\pm$."""
+    def cell(text: str) -> str:
+        for character in "\\&%$#_{}":
+            text = text.replace(character, "\\" + character)
+        return text.replace(" ± ", r" $\pm$ ")
+
+    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+             " & ".join(map(cell, header)) + r" \\", r"\midrule"]
+    lines += [" & ".join(map(cell, row)) + r" \\" for row in rows]
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"])
+
+
+def render(header: Sequence[str], rows: Sequence[Sequence[str]], form: str,
+           title: str) -> None:
+    if form == "markdown":
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+    elif form == "latex":
+        print(latex_table(header, rows))
+    elif form == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerows([header, *rows])
+    else:
+        table = Table(title=title)
+        for column in header:
+            table.add_column(column, justify="left" if column == "run" else "right",
+                             overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
