@@ -46,7 +46,7 @@ from udaseg.methods.checkpointing import (
     rank_rng_states,
     rename_legacy_keys,
 )
-from udaseg.methods.fast_path import DeferredBackward, FastPath, batched_forward
+from udaseg.methods.fast_path import DeferredBackward, FastPath
 from udaseg.methods.nonfinite import nonfinite_terms, stop_message
 from udaseg.methods.optim import POLY_HORIZON_KEY, OptimConfig, one_scaler_update, poly_lr
 from udaseg.models import (
@@ -60,6 +60,7 @@ from udaseg.models import (
     initialize_segmenter,
     segmenter_spec,
 )
+from udaseg.models.fused_forward import batched_forward
 from udaseg.models.weights import check_input_normalization
 from udaseg.runtime.rng_state import restore_rng_states
 
@@ -226,10 +227,13 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         self.augmentation_seed = torch.initial_seed()
         self.input_normalization = getattr(self.trainer.datamodule, "normalization", None)
 
+    def teacher_networks(self) -> list[nn.Module]:
+        """The networks of the method's teachers (`udaseg.adaptation.Teacher` components)."""
+        return [child.network for child in self.children() if isinstance(child, Teacher)]
+
     def networks(self) -> list[nn.Module]:
         """Every network of the method: the segmenter, the discriminators and a teacher's."""
-        teachers = [child.network for child in self.children() if isinstance(child, Teacher)]
-        return [self.segmenter, *self.discriminators.values(), *teachers]
+        return [self.segmenter, *self.discriminators.values(), *self.teacher_networks()]
 
     def setup(self, stage: str) -> None:
         # Before any batch: weights that expect inputs normalised otherwise than the data
@@ -471,8 +475,7 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         rank would evaluate (and a resumed run restart) with a slightly different model."""
         if self._trainer is None or self.trainer.world_size <= 1:
             return
-        teachers = [child for child in self.children() if isinstance(child, Teacher)]
-        for module in (self.segmenter, *teachers):
+        for module in (self.segmenter, *self.teacher_networks()):
             for buffer in module.buffers():
                 if buffer.is_floating_point():
                     buffer.copy_(self.trainer.strategy.reduce(buffer.clone(), reduce_op="mean"))
