@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import pytorch_lightning as pl
 from rich.console import Console
 from rich.table import Table
 
-from udaseg.report.results import COMMAND_KEY, CONFUSION_KEY, ITERATION_KEY, metrics_file
+from udaseg.report.results import (
+    COMMAND_KEY,
+    CONFUSION_KEY,
+    ITERATION_KEY,
+    PROVENANCE_KEY,
+    metrics_file,
+)
 from udaseg.runtime.files import run_directory, write_json_atomic
+from udaseg.runtime.provenance import provenance
 
 
 def iou_table(metrics: dict[str, float], title: str) -> Table:
@@ -26,10 +34,20 @@ def iou_table(metrics: dict[str, float], title: str) -> Table:
     return table
 
 
+def run_seed(trainer: pl.Trainer) -> Optional[int]:
+    """The run's seed: the data module's (the CLI links `seed_everything` to it), else the one
+    `seed_everything` recorded in the environment."""
+    seed = getattr(trainer.datamodule, "seed", None)
+    if seed is None and os.environ.get("PL_GLOBAL_SEED", "").lstrip("-").isdigit():
+        seed = int(os.environ["PL_GLOBAL_SEED"])
+    return seed
+
+
 class IoUReport(pl.Callback):
     """After each validation/test: print the per-class IoU table (rank 0) and write
-    `<log_dir>/<stage>_metrics.json` with the metrics, the confusion matrix and the global
-    step.
+    `<log_dir>/<stage>_metrics.json` with the metrics, the confusion matrix, the iteration and
+    where the result came from (`udaseg.runtime.provenance`: the command line, which the CLI
+    sets as `command_line`, the seed, the git commit and the machine).
 
     Args:
         print_table: print on every evaluation (False: only at the end of fit, validate, test).
@@ -38,6 +56,7 @@ class IoUReport(pl.Callback):
     def __init__(self, print_table: bool = True) -> None:
         self.print_table = print_table
         self.console = Console()
+        self.command_line: Optional[str] = None
 
     def _report(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
         evaluator = getattr(module, "evaluator", None)
@@ -50,7 +69,8 @@ class IoUReport(pl.Callback):
         # `command` keeps evaluation-only runs apart from training runs in comparisons.
         write_json_atomic(run_directory(trainer) / metrics_file(stage),
                           {ITERATION_KEY: module.iteration, COMMAND_KEY: trainer.state.fn.value,
-                           **metrics, CONFUSION_KEY: evaluator.matrices.get(stage)})
+                           **metrics, CONFUSION_KEY: evaluator.matrices.get(stage),
+                           PROVENANCE_KEY: provenance(self.command_line, run_seed(trainer))})
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._report(trainer, module, "val")

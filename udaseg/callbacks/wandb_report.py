@@ -4,33 +4,12 @@ predictions come from `EntropyMaps`). Does nothing for runs without a `WandbLogg
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-from typing import Optional
-
 import pytorch_lightning as pl
 import yaml
 from pytorch_lightning.loggers import WandbLogger
 
 from udaseg.runtime.files import run_directory
-
-PACKAGE = Path(__file__).resolve().parents[1]
-
-
-def git_state(folder: Path = PACKAGE) -> dict[str, Optional[object]]:
-    """{"git_commit": HEAD of the checkout `folder` is in, "git_dirty": uncommitted changes};
-    None for both outside a git checkout (an installed wheel)."""
-    def git(*arguments: str) -> Optional[str]:
-        try:
-            result = subprocess.run(["git", "-C", str(folder), *arguments], capture_output=True,
-                                    text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return result.stdout.strip() if result.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
+from udaseg.runtime.provenance import git_state
 
 
 def wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:

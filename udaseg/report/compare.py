@@ -38,6 +38,7 @@ from udaseg.report.results import (
     CONFUSION_KEY,
     ITERATION_KEY,
     METRICS_CSV,
+    PROVENANCE_KEY,
     metrics_file,
 )
 
@@ -58,6 +59,8 @@ class Run:
     metrics: dict[str, float]
     folder: Path = Path()           # the version folder (metrics.csv, config.yaml)
     confusion: Optional[list[list[int]]] = None   # rows: ground truth, columns: prediction
+    provenance: Optional[dict[str, Any]] = None    # command line, seed, commit, machine
+    seed: Optional[int] = None
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -73,10 +76,13 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 def start_run(value: str) -> str:
     """A start checkpoint that is another udaseg run's (`<name>/<version>/checkpoints/x.ckpt`
     next to that version's config.yaml) stands for that run's name, so two-stage runs whose
-    seeds each start from their own seed's stage-1 run are one experiment (CIM from TUFL)."""
+    seeds each start from their own seed's stage-1 run are one experiment (CIM from TUFL).
+    """
     path = Path(json.loads(value)) if value.startswith('"') else None
+    # Result files copied elsewhere (a repository's results/) lack the stage-1 run's folder:
+    # a Lightning checkpoint under `<name>/<version>/checkpoints/` names its run all the same.
     if path is not None and path.parent.name == "checkpoints" and \
-            (path.parent.parent / CONFIG_FILE).is_file():
+            ((path.parent.parent / CONFIG_FILE).is_file() or path.suffix == ".ckpt"):
         return json.dumps(f"run:{path.parent.parent.parent.name}")
     return value
 
@@ -105,12 +111,15 @@ def collect(root: Path, stage: str) -> list[Run]:
             name = str(version.parent.relative_to(root))
         metrics = json.loads(path.read_text())
         confusion = metrics.pop(CONFUSION_KEY, None)
+        origin = metrics.pop(PROVENANCE_KEY, None) or {}
         config_file = version / CONFIG_FILE
-        config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+        config = (yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}) or {}
+        seed = origin.get("seed", config.get("seed_everything"))
         runs.append(Run(name=name, command=str(metrics.pop(COMMAND_KEY, "fit")),
                         iteration=int(metrics.pop(ITERATION_KEY, -1)),
-                        config=experiment(config or {}), metrics=metrics, folder=version,
-                        confusion=confusion))
+                        config=experiment(config), metrics=metrics, folder=version,
+                        confusion=confusion, provenance=origin,
+                        seed=None if seed is None else int(seed)))
     if not runs:
         raise FileNotFoundError(f"no {metrics_file(stage)} under {root}: "
                                 f"{missing_stage(root, stage)}")

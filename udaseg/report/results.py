@@ -17,6 +17,10 @@ ITERATION_KEY = "iteration"
 #: validation is never averaged with an evaluation-only run.
 COMMAND_KEY = "command"
 
+#: Key of where the result came from (`udaseg.runtime.provenance`): command line, seed, git
+#: commit, CPU model, threads; not a metric to average.
+PROVENANCE_KEY = "provenance"
+
 #: Key of the confusion matrix (rows: ground truth, columns: prediction) in a result file; not
 #: a metric to average.
 CONFUSION_KEY = "confusion_matrix"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -218,6 +219,9 @@ class UDASegCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         arguments = sys.argv[1:] if args is None else args
+        # Recorded in every result file (`udaseg.runtime.provenance`).
+        self.command_line = "udaseg " + shlex.join(arguments) \
+            if isinstance(arguments, list) else None
         self.config_files = command_line_configs(arguments if isinstance(arguments, list)
                                                  else [])
         listed = [problem for path in self.config_files for problem in config_lists(path)]
@@ -320,6 +324,12 @@ class UDASegCLI(LightningCLI):
         if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0":
             truncate_metrics(checkpoint.parent.parent / "metrics.csv", logged_batches(state))
         print(f"udaseg: resuming {checkpoint} at iteration {step}", file=sys.stderr)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, IoUReport):
+                callback.command_line = self.command_line
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
         """Every trainer writes checkpoints atomically and reads them with weights_only=True
