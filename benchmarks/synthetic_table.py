@@ -1,4 +1,4 @@
-"""Reproduce the README tables of the built-in benchmark: method configs of configs/synthetic/
+"""Reproduce the result tables of the built-in benchmark: method configs of configs/synthetic/
 (or another folder: `--benchmark synthetic_v1`), several seeds, `udaseg fit` then `udaseg test`
 on the last checkpoint, then mean ± std with `udaseg.report.compare`.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -74,6 +75,24 @@ def run(method: str, seed: int, out: Path, threads: int, name: str | None = None
     return f"{name} seed {seed}: fit {fit_seconds:.0f} s"
 
 
+def keep(out: Path, destination: Path) -> list[Path]:
+    """Copy each run's result files into `destination/<name>/seed<k>/` (the repository's
+    `results/<benchmark>/`, which the documentation's tables are generated from): the test
+    result and its config, and the training run's last validation. Checkpoints stay behind."""
+    kept = []
+    for result in sorted((out / "test").glob("*/seed*/test_metrics.json")):
+        name, version = result.parent.parent.name, result.parent.name
+        target = destination / name / version
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result, target / "test_metrics.json")
+        shutil.copyfile(result.parent / "config.yaml", target / "config.yaml")
+        validation = out / "fit" / name / version / "val_metrics.json"
+        if validation.is_file():
+            shutil.copyfile(validation, target / "val_metrics.json")
+        kept.append(target)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=["source_only", "oracle", "minent",
@@ -88,6 +107,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/synthetic_table"))
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="copy the result files to DIR/<name>/seed<k>/ (results/synthetic "
+                             "in the repository: the documentation's tables come from there)")
     parser.add_argument("--test-only", action="store_true",
                         help="only re-run `udaseg test` on existing checkpoints")
     parser.add_argument("--init-from", nargs="*", default=[], metavar="METHOD=STAGE1",
@@ -121,8 +143,10 @@ def main() -> None:
                                                   name=item[0] + args.suffix,
                                                   extra=extra(*item), configs=configs), work):
                 print(line, flush=True)
-    from udaseg.runtime.cli import report as compare
-    compare([str(args.out / "test"), "--stage", "test", "--per-class", "--markdown"])
+    if args.keep is not None:
+        print(f"kept {len(keep(args.out, args.keep))} runs' result files in {args.keep}")
+    from udaseg.report.command import report
+    report([str(args.out / "test"), "--stage", "test", "--per-class", "--markdown"])
 
 
 if __name__ == "__main__":

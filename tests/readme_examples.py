@@ -71,6 +71,10 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("python3", "-m", "venv"), "skip", "creates a virtual environment (CI does)"),
     ((".", ".venv/bin/activate"), "skip", "activates that environment"),
     (("ruff", "check"), "skip", "the linter: CI runs it"),
+    (("mkdocs",), "skip", "builds or serves the documentation site: tests/test_docs.py "
+                          "builds it with --strict"),
+    (("python", "-m", "udaseg.report.pages"), "skip", "rewrites the documentation's generated "
+                                                       "tables: tests/test_docs.py checks them"),
     (("python", "-m", "pytest"), "skip", "the test suite itself: CI runs it"),
 )
 
@@ -287,9 +291,10 @@ def call(function, arguments: Sequence[str], what: str) -> str:
 
 
 def make_workdir(directory: Path) -> Path:
-    """A working directory for the examples: configs/ (a copy: examples may write next to it),
-    `my_images/` (two images of different sizes) and the module `my_package`."""
+    """A working directory for the examples: configs/ and results/ (copies: examples may write
+    next to them), `my_images/` (two images of different sizes) and the module `my_package`."""
     shutil.copytree(REPO / "configs", directory / "configs")
+    shutil.copytree(REPO / "results", directory / "results")
     rng = np.random.default_rng(0)
     (directory / "my_images").mkdir()
     for name, size in (("street.png", (40, 56)), ("square.jpg", (48, 48))):

@@ -6,23 +6,29 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import cv2
 import pytest
+import torch
 import yaml
 
 from tests.helpers import CONFIGS, write_config
-from udaseg.report.compare import collect, group, summarize
+from udaseg.report.compare import collect, group, paired_differences, summarize
 from udaseg.runtime.cli import command_line_configs, report, run_name
 from udaseg.runtime.cli import main as udaseg
+from udaseg.runtime.hardware import cpu_info
+from udaseg.runtime.provenance import git_state
 
 
 def write(root, name, version, miou, road, *, seed=0, iteration=600, command="fit",
-          lambda_adv=0.01, stage="test"):
+          lambda_adv=0.01, stage="test", provenance=None):
     folder = root / name / version
     folder.mkdir(parents=True)
-    (folder / f"{stage}_metrics.json").write_text(json.dumps(
-        {"iteration": iteration, "command": command, "mIoU": miou, "IoU/road": road}))
+    result = {"iteration": iteration, "command": command, "mIoU": miou, "IoU/road": road}
+    if provenance is not None:
+        result["provenance"] = provenance
+    (folder / f"{stage}_metrics.json").write_text(json.dumps(result))
     config = {"seed_everything": seed, "data": {"seed": seed, "batch_size": 8},
               "trainer": {"max_steps": iteration, "logger": {"init_args": {"version": version}}},
               "model": {"class_path": "udaseg.methods.AdvEnt",
@@ -85,6 +91,54 @@ def test_seeds_started_from_their_own_stage_one_run_share_a_row(tmp_path):
     assert rows["cim [init_checkpoint=\"run:minent\"]"] == ["1", "27.0"]
 
 
+def test_stage_one_runs_kept_elsewhere_still_name_their_run(tmp_path):
+    """Result files copied into a repository (no stage-1 run folder beside them) group as
+    they did in the runs folder."""
+    for seed in (0, 1):
+        write(tmp_path, "cim", f"seed{seed}", 25.0 + seed, 50.0, seed=seed)
+        config_file = tmp_path / "cim" / f"seed{seed}" / "config.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        config["model"]["init_args"]["weights"] = {
+            "init_checkpoint": f"/elsewhere/fit/tufl/seed{seed}/checkpoints/last.ckpt"}
+        config_file.write_text(yaml.safe_dump(config))
+    assert list(group(collect(tmp_path, "test"))) == ["cim"]
+
+
+def test_paired_differences_pair_seeds_of_one_machine_type(tmp_path, capsys):
+    epyc = {"cpu": "AMD EPYC", "cpu_cores": 2, "cpu_native_bf16": True,
+            "git_commit": "0123456789abcdef" * 2 + "01234567", "git_dirty": False}
+    avx2 = {**epyc, "cpu": "Intel Xeon", "cpu_native_bf16": False}
+    for seed, (base, method) in enumerate(((30.0, 34.0), (32.0, 33.0), (28.0, 35.0))):
+        write(tmp_path, "source_only", f"seed{seed}", base, 60.0, seed=seed,
+              provenance={**epyc, "seed": seed})
+        write(tmp_path, "dacs", f"seed{seed}", method, 60.0 + seed, seed=seed,
+              provenance={**epyc, "seed": seed})
+    # Same seed, another CPU type: its kernels round differently, so it pairs with nothing.
+    write(tmp_path, "dacs", "seed0_xeon", 40.0, 70.0, seed=0, provenance={**avx2, "seed": 0})
+    groups = group(collect(tmp_path, "test"))
+    assert {label: len(runs) for label, runs in groups.items()} == {"dacs": 4, "source_only": 3}
+    header, rows = paired_differences(groups, "source_only", per_class=True, provenance=True)
+    assert header == ["run", "paired seeds", "mIoU per seed", "machine", "commit", "mIoU",
+                      "road"]
+    # Differences +4, +1, +7: mean +4.0, standard error 3 / sqrt(3) = 1.7; road +0, +1, +2.
+    assert rows == [["dacs", "0, 1, 2", "+4.00 / +1.00 / +7.00",
+                     "AMD EPYC, 2 cores, native bf16", "0123456", "+4.0 ± 1.7", "+1.0 ± 0.6"]]
+    assert "for dacs seed 0: left out of the paired differences" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--paired oracle: no row of that name"):
+        paired_differences(groups, "oracle", per_class=False)
+
+
+def test_paired_differences_use_the_benchmarks_own_miou(tmp_path):
+    for name, value in (("source_only", 40.0), ("advent", 43.5)):
+        folder = tmp_path / name / "seed0"
+        folder.mkdir(parents=True)
+        (folder / "test_metrics.json").write_text(json.dumps(
+            {"iteration": 9, "command": "test", "IoU/road": value, "mIoU-19": value,
+             "provenance": {"seed": 0, "cpu": "x"}}))
+    header, rows = paired_differences(group(collect(tmp_path, "test")), "source_only", True)
+    assert header[2] == "mIoU-19 per seed" and rows[0][2] == "+3.50"
+
+
 def test_the_folder_of_one_run_name_is_accepted(tmp_path, capsys):
     write(tmp_path / "runs", "lightning_logs", "version_0", 12.0, 30.0, stage="val")
     write(tmp_path / "runs", "lightning_logs", "version_1", 14.0, 34.0, seed=1, stage="val")
@@ -107,7 +161,30 @@ def test_runs_are_named_after_their_config_and_evaluations_kept_apart(tmp_path, 
     udaseg(["validate", "--config", str(config),
             "--ckpt_path", str(fitted / "checkpoints" / "last.ckpt")])
     evaluated = benchmark / "runs" / "my_benchmark" / "tiny-validate" / "version_0"
-    assert json.loads((evaluated / "val_metrics.json").read_text())["command"] == "validate"
+    result = json.loads((evaluated / "val_metrics.json").read_text())
+    assert result["command"] == "validate"
+    # Where the number came from: the command, the seed, the code and the machine type.
+    origin = result["provenance"]
+    assert origin["command_line"] == (f"udaseg validate --config {config} --ckpt_path "
+                                      f"{fitted / 'checkpoints' / 'last.ckpt'}")
+    assert origin["seed"] == saved["seed_everything"] and origin["cpu"] == cpu_info().model
+    assert origin["cpu_native_bf16"] == cpu_info().native_bf16
+    assert origin["threads"] == torch.get_num_threads()
+    assert origin["git_commit"] == git_state()["git_commit"]
+    assert re.fullmatch(r"[0-9a-f]{40}", origin["git_commit"] or "")
+    assert collect(evaluated, "val")[0].provenance == origin
+    # `--ckpt_path last` evaluates the config's latest training run (Lightning would look in
+    # the evaluation's new folder and evaluate untrained weights); the recorded seed is the
+    # one the weights were trained with, not the evaluation's.
+    udaseg(["validate", "--config", str(config), "--ckpt_path", "last", "--seed_everything", "3"])
+    again = json.loads((evaluated.parent / "version_1" / "val_metrics.json").read_text())
+    assert again["iteration"] == 2 and again["provenance"]["seed"] == saved["seed_everything"]
+    assert again["mIoU"] == result["mIoU"]
+    (tmp_path / "other").mkdir()
+    untrained = write_config(tmp_path / "other", max_steps=2, name=None)
+    with pytest.raises(SystemExit) as stopped:
+        udaseg(["test", "--config", str(untrained), "--ckpt_path", "last"])
+    assert stopped.value.code == 1
 
 
 def test_a_shipped_config_plus_overlay_names_its_run():

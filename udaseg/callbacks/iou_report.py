@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -17,6 +18,7 @@ from udaseg.report.results import (
     PROVENANCE_KEY,
     metrics_file,
 )
+from udaseg.runtime.checkpoint_io import read_checkpoint_file
 from udaseg.runtime.files import run_directory, write_json_atomic
 from udaseg.runtime.provenance import provenance
 
@@ -35,8 +37,15 @@ def iou_table(metrics: dict[str, float], title: str) -> Table:
 
 
 def run_seed(trainer: pl.Trainer) -> Optional[int]:
-    """The run's seed: the data module's (the CLI links `seed_everything` to it), else the one
-    `seed_everything` recorded in the environment."""
+    """The seed the evaluated weights were trained with: for an evaluation of a checkpoint
+    (`udaseg test --ckpt_path ...`), the training run's, from the data module's record in
+    the checkpoint; else this run's (the CLI links `seed_everything` to the data module), or
+    the one `seed_everything` recorded in the environment."""
+    if trainer.state.fn != "fit" and trainer.ckpt_path and Path(trainer.ckpt_path).is_file():
+        state = read_checkpoint_file(trainer.ckpt_path, mmap=True)
+        record = state.get(pl.LightningDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {}
+        if isinstance(record.get("seed"), int):
+            return record["seed"]
     seed = getattr(trainer.datamodule, "seed", None)
     if seed is None and os.environ.get("PL_GLOBAL_SEED", "").lstrip("-").isdigit():
         seed = int(os.environ["PL_GLOBAL_SEED"])
@@ -47,7 +56,8 @@ class IoUReport(pl.Callback):
     """After each validation/test: print the per-class IoU table (rank 0) and write
     `<log_dir>/<stage>_metrics.json` with the metrics, the confusion matrix, the iteration and
     where the result came from (`udaseg.runtime.provenance`: the command line, which the CLI
-    sets as `command_line`, the seed, the git commit and the machine).
+    sets as `command_line`, the seed the weights were trained with, the git commit and the
+    machine).
 
     Args:
         print_table: print on every evaluation (False: only at the end of fit, validate, test).

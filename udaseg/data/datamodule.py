@@ -105,8 +105,9 @@ class UDADataModule(pl.LightningDataModule):
         self.eval_augmentation = eval_augmentation
         self.normalization = normalization
         # In checkpoints (Lightning's datamodule hyperparameters): a run started from one
-        # (`weights.init_checkpoint`) knows what input its weights expect.
-        self.save_hyperparameters({"normalization": normalization})
+        # (`weights.init_checkpoint`) knows what input its weights expect, and an evaluation
+        # of one records the seed its weights were trained with.
+        self.save_hyperparameters({"normalization": normalization, "seed": seed})
         self.batch_size = batch_size
         self.target_batch_size = target_batch_size or batch_size
         self.eval_batch_size = eval_batch_size

@@ -213,17 +213,60 @@ def best_validation(runs: Sequence[Run]) -> list[Run]:
     return best
 
 
-def summarize(groups: dict[str, list[Run]], per_class: bool,
-              best: bool = False) -> tuple[list[str], list[list[str]]]:
-    """Column names and rows (run, seeds, iterations, metric columns) of the comparison; with
-    `best`, each row is followed by its runs' best validations (labelled oracle)."""
+def machine(run: Run) -> str:
+    """The machine type a result was computed on, as recorded in its file: GPU model, or CPU
+    model, logical cores and native bf16 (per-seed values are only comparable within one
+    type: kernels round differently). "unrecorded" for result files without provenance."""
+    origin = run.provenance or {}
+    if origin.get("gpu"):
+        return str(origin["gpu"])
+    if not origin.get("cpu"):
+        return "unrecorded"
+    parts = [str(origin["cpu"])]
+    if origin.get("cpu_cores"):
+        parts.append(f"{origin['cpu_cores']} cores")
+    parts.append("native bf16" if origin.get("cpu_native_bf16") else "no native bf16")
+    if origin.get("cpu_kernel_limits"):
+        parts.append("kernels limited by " + " ".join(origin["cpu_kernel_limits"]))
+    return ", ".join(parts)
+
+
+def commits(runs: Sequence[Run]) -> str:
+    """The short git commits of the runs' results (`+dirty`: uncommitted changes)."""
+    found = []
+    for run in runs:
+        origin = run.provenance or {}
+        commit = origin.get("git_commit")
+        text = "unrecorded" if not commit else str(commit)[:7] + (
+            "+dirty" if origin.get("git_dirty") else "")
+        if text not in found:
+            found.append(text)
+    return ", ".join(found)
+
+
+def provenance_cells(runs: Sequence[Run]) -> list[str]:
+    machines = list(dict.fromkeys(machine(run) for run in runs))
+    return ["; ".join(machines), commits(runs)]
+
+
+def metric_keys(groups: dict[str, list[Run]], per_class: bool) -> list[str]:
     first = next(iter(groups.values()))[0].metrics
-    keys = [key for key in first if per_class or not key.startswith("IoU/")]
-    header = ["run", "seeds", "iterations"] + [key.removeprefix("IoU/") for key in keys]
+    return [key for key in first if per_class or not key.startswith("IoU/")]
+
+
+def summarize(groups: dict[str, list[Run]], per_class: bool, best: bool = False,
+              provenance: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Column names and rows (run, seeds, iterations, metric columns) of the comparison; with
+    `best`, each row is followed by its runs' best validations (labelled oracle); with
+    `provenance`, machine and commit columns follow the run's name."""
+    keys = metric_keys(groups, per_class)
+    header = (["run", "seeds", "iterations"] + (["machine", "commit"] if provenance else [])
+              + [key.removeprefix("IoU/") for key in keys])
 
     def row(label: str, members: Sequence[Run]) -> list[str]:
         iterations = sorted({run.iteration for run in members})
         return ([label, str(len(members)), "/".join(map(str, iterations))]
+                + (provenance_cells(members) if provenance else [])
                 + [mean_std([run.metrics[key] for run in members if key in run.metrics])
                    for key in keys])
 
@@ -233,6 +276,64 @@ def summarize(groups: dict[str, list[Run]], per_class: bool,
         chosen = best_validation(members) if best else []
         if chosen:
             rows.append(row(f"{label} [best val checkpoint: oracle]", chosen))
+    return header, rows
+
+
+def mean_se(values: Sequence[float]) -> str:
+    """Mean ± standard error of the mean ("+1.2 ± 0.4"); the single value for one pair."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:+.1f}"
+    error = statistics.stdev(values) / len(values) ** 0.5
+    return f"{statistics.mean(values):+.1f} ± {error:.1f}"
+
+
+def paired_differences(groups: dict[str, list[Run]], baseline: str, per_class: bool,
+                       provenance: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Each row minus the row labelled `baseline`, seed by seed: the seeds both rows ran
+    (`paired seeds`), the difference of each in the first metric (`mIoU per seed`; `mIoU-19
+    per seed` where the results name their mIoU so) and, per metric, the mean
+    difference ± its standard error over the pairs. Seeds pair only when both results come
+    from the same machine type (`machine`); results without a recorded seed never pair.
+
+    The paired difference is what compares methods on few seeds: a seed fixes the data order
+    and the initial weights for every method, so seed-to-seed spread that moves all rows
+    together cancels.
+    """
+    if baseline not in groups:
+        raise ValueError(f"--paired {baseline}: no row of that name; rows: "
+                         f"{', '.join(groups)}")
+    reference = {(run.seed, machine(run)): run for run in groups[baseline]
+                 if run.seed is not None}
+    keys = metric_keys(groups, per_class)
+    # mIoU, or the benchmark's own name for it (mIoU-19, mIoU-16, ...)
+    primary = next(key for key in keys if not key.startswith("IoU/"))
+    header = (["run", "paired seeds", f"{primary} per seed"]
+              + (["machine", "commit"] if provenance else [])
+              + [key.removeprefix("IoU/") for key in keys])
+    rows, unpaired = [], []
+    for label, members in groups.items():
+        if label == baseline:
+            continue
+        pairs = sorted(((run, reference[run.seed, machine(run)]) for run in members
+                        if (run.seed, machine(run)) in reference), key=lambda pair: pair[0].seed)
+        unpaired += [f"{label} seed {run.seed}" for run in members
+                     if (run.seed, machine(run)) not in reference]
+        if not pairs:
+            continue
+        per_seed = " / ".join(f"{run.metrics[primary] - base.metrics[primary]:+.2f}"
+                              for run, base in pairs)
+        seeds = ", ".join(str(run.seed) for run, _ in pairs)
+        rows.append([label, seeds, per_seed]
+                    + (provenance_cells([run for pair in pairs for run in pair])
+                       if provenance else [])
+                    + [mean_se([run.metrics[key] - base.metrics[key] for run, base in pairs
+                                if key in run.metrics and key in base.metrics])
+                       for key in keys])
+    if unpaired:
+        print(f"note: no {baseline} result of the same seed and machine type for "
+              f"{', '.join(unpaired)}: left out of the paired differences", file=sys.stderr)
     return header, rows
 
 

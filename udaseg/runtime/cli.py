@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
@@ -31,7 +30,7 @@ from udaseg.callbacks import (
 )
 from udaseg.data import UDADataModule
 from udaseg.methods import UDAMethod
-from udaseg.report.compare import collect, group, render, summarize, warn_mixed_iterations
+from udaseg.report.command import report
 from udaseg.report.results import CONFIG_FILE
 from udaseg.runtime.checkpoint_io import SafeCheckpointIO, read_checkpoint_file
 from udaseg.runtime.cli_errors import (
@@ -274,7 +273,8 @@ class UDASegCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Name an unnamed CSV/TensorBoard run after its config (W&B: the run's display name),
-        so runs of different configs never share a folder and comparisons group them."""
+        so runs of different configs never share a folder and comparisons group them; resolve
+        `--ckpt_path last` to the run it means."""
         config = self.config[self.subcommand]
         name = run_name(self.config_files, self.subcommand)
         logger = config.trainer.logger
@@ -285,6 +285,8 @@ class UDASegCLI(LightningCLI):
             arguments.name = name
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
             self.resume_last_run(config)
+        elif config.get("ckpt_path") == "last":
+            self.evaluate_last_run(config)
 
     def resume_last_run(self, config) -> None:
         """`fit --ckpt_path last`: go on with this config's latest run that has a last.ckpt,
@@ -325,6 +327,23 @@ class UDASegCLI(LightningCLI):
             truncate_metrics(checkpoint.parent.parent / "metrics.csv", logged_batches(state))
         print(f"udaseg: resuming {checkpoint} at iteration {step}", file=sys.stderr)
 
+    def evaluate_last_run(self, config) -> None:
+        """`validate|test|predict --ckpt_path last`: the last.ckpt of this config's latest
+        training run (`runs/<benchmark>/<config>/version_N/`). Lightning would look in the
+        evaluation's own new folder, find nothing and evaluate untrained weights."""
+        logger = config.trainer.logger.init_args
+        trained = run_name(self.config_files, "fit")
+        run_folder = Path(logger.get("save_dir") or "runs") / (trained or "")
+        checkpoint = latest_last_checkpoint(run_folder) if trained else None
+        if checkpoint is None:
+            raise FileNotFoundError(
+                f"--ckpt_path last: no training run of this config with a last.ckpt under "
+                f"{run_folder} (udaseg fit --config ... writes runs/<benchmark>/<config>/"
+                "version_N/checkpoints/last.ckpt); name the checkpoint file instead")
+        config.ckpt_path = str(checkpoint)
+        step = int(read_checkpoint_file(checkpoint, mmap=True).get("global_step", 0))
+        print(f"udaseg: evaluating {checkpoint} (iteration {step})", file=sys.stderr)
+
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         for callback in self.trainer.callbacks:
@@ -356,7 +375,13 @@ class UDASegCLI(LightningCLI):
     def require_trained_weights(self) -> None:
         """Evaluating or predicting needs trained weights: refuse a run that would silently use
         a fresh (random) segmenter."""
-        if self.config_init[self.subcommand].get("ckpt_path") or self.model.has_trained_weights:
+        checkpoint = self.config_init[self.subcommand].get("ckpt_path")
+        if checkpoint in LIGHTNING_CHECKPOINT_NAMES:
+            raise ValueError(f"udaseg {self.subcommand} --ckpt_path {checkpoint}: name the "
+                             "checkpoint file (runs/<name>/version_N/checkpoints/last.ckpt); "
+                             "`last` finds a run only with a --config and a CSV or TensorBoard "
+                             "logger")
+        if checkpoint or self.model.has_trained_weights:
             return
         raise ValueError(
             f"udaseg {self.subcommand} has no trained weights to use: pass --ckpt_path (a run's "
@@ -389,42 +414,6 @@ SUBCOMMAND_HELP = {
 }
 REPORT_HELP = ("Compare runs (udaseg report RUNS_DIR --help): mean and std over seeds of mIoU "
                "and per-class IoU, as tables and figures.")
-
-
-def report(arguments: Sequence[str] | None = None) -> None:
-    """`udaseg report ROOT... [options]`: the comparison table (`udaseg.report.compare`) on
-    stdout and, with `--plots DIR`, its figures (`udaseg.report.plots`). A user's mistake is
-    raised (a missing folder or result file: `FileNotFoundError`); main() prints it in one
-    line."""
-    parser = argparse.ArgumentParser(
-        prog="udaseg report", description="Compare udaseg runs (mean ± std over seeds).")
-    parser.add_argument("roots", type=Path, nargs="+",
-                        help="runs/, runs/<name>, or one version folder (several allowed)")
-    parser.add_argument("--stage", default="test", choices=["val", "test"])
-    parser.add_argument("--per-class", action="store_true", help="add per-class IoU columns")
-    parser.add_argument("--format", default="table", dest="form",
-                        choices=["table", "markdown", "latex", "csv"])
-    parser.add_argument("--markdown", action="store_const", const="markdown", dest="form",
-                        help="same as --format markdown")
-    parser.add_argument("--best", action="store_true",
-                        help="add each row's best validation (from metrics.csv; an oracle "
-                             "selection, labelled so)")
-    parser.add_argument("--plots", type=Path, metavar="DIR",
-                        help="write PNG figures (curves, per-class bars, confusion matrices)")
-    args = parser.parse_args(arguments)
-    runs = [run for root in args.roots for run in collect(root, args.stage)]
-    warn_mixed_iterations(runs)
-    groups = group(runs)
-    header, rows = summarize(groups, args.per_class, args.best)
-    render(header, rows, args.form, f"{args.stage} metrics (mean ± std over seeds)")
-    if args.plots is not None:
-        try:                                  # matplotlib only when figures are asked for
-            from udaseg.report.plots import write_plots
-        except ModuleNotFoundError as error:
-            raise SystemExit(f"udaseg report --plots needs matplotlib ({error}): pip install "
-                             "-e '.[plots]'") from None
-        for path in write_plots(groups, args.stage, args.plots):
-            print(f"wrote {path}", file=sys.stderr)
 
 
 def main(args: Optional[list[str]] = None) -> None:

@@ -40,6 +40,7 @@ def machine() -> dict[str, object]:
     info = cpu_info()
     described: dict[str, object] = {
         "cpu": info.model, "cpu_native_bf16": info.native_bf16,
+        "cpu_kernel_limits": list(info.limits),
         "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads(),
         "python": platform.python_version(), "torch": torch.__version__}
     if torch.cuda.is_available():
