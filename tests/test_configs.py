@@ -133,7 +133,7 @@ def test_built_in_benchmark_uses_version_2_scenes_and_the_imagenet_lite_network(
 def test_benchmark_v1_keeps_version_1_scenes_and_the_from_scratch_light_network(name, capsys):
     """configs/synthetic_v1/ overlays v1 on the default benchmark's base: every split, the
     normalisation, the budget and the network must all be v1's, or its numbers would not
-    compare with the earlier README tables."""
+    compare with results measured on benchmark v1."""
     resolved = resolve(capsys, CONFIGS / "synthetic_v1" / name)
     data = resolved["data"]
     assert_scene_version(data, name, 1)

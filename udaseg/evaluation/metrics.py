@@ -39,7 +39,7 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
     # Narrow integers and no compaction of the valid pixels (a boolean index copies them):
     # every uncounted label becomes row `num_classes`, whose bins are dropped. uint8 labels
     # need one pass; wider ones are clamped to [-1, C] first, and uint8 wraps -1 to 255.
-    # Measured at 2048x1024 in benchmarks/eval_speed.py (README, "Speed").
+    # Measured at 2048x1024 in benchmarks/eval_speed.py (docs/speed.md).
     rows = labels if labels.dtype == torch.uint8 else \
         labels.clamp(-1, num_classes).to(torch.uint8)
     rows = rows.clamp_max(num_classes)

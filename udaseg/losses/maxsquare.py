@@ -33,7 +33,7 @@ def iw_maxsquare_loss(prob: torch.Tensor, ratio: float = 0.2) -> torch.Tensor:
     returns a scalar. For N = 1 this is the official `IW_MaxSquareloss` value. The official
     class fails for N > 1 (its (N, H, W) weights broadcast against (N, C, H, W)); here each image
     uses its own histogram and the sum is divided by N*C, i.e. the mean over images of the
-    single-image value (batch generalisation; documented in the README).
+    single-image value (batch generalisation; documented in docs/methods/maxsquare.md).
     """
     n, c, h, w = prob.shape
     predicted = prob.detach().argmax(dim=1)                                   # (N, H, W)

@@ -1,7 +1,7 @@
 """ADVENT (Vu et al., CVPR 2019): direct entropy minimisation (MinEnt) and adversarial entropy
 alignment (AdvEnt), multi-level, following the official iteration order.
 
-Official-code choices (see README "Official quirks"):
+Official-code choices (docs/methods/advent.md):
 - BN statistics: the official loop keeps BN in train mode (batch statistics); `bn_stats="batch"`
   (the default) reproduces it.
 - Duplicate parameters: the official 1x group lists most backbone tensors several times, so

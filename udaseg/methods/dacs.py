@@ -8,7 +8,7 @@ jitter and blur; the student trains on the source batch and the mixed batch:
 `L = L_sup + lambda_mix * L_mix`, target pixels of the mix weighted by the share of pixels the
 teacher is sure of (>= 0.968). After the student's step the teacher follows it.
 
-Official-code choices (README "Official quirks"): the teacher's BN uses batch statistics (it is
+Official-code choices (docs/methods/dacs.md): the teacher's BN uses batch statistics (it is
 run in train mode); ClassMix draws among the label's values, the ignore label included
 (`classmix_ignore_label: candidate`; udaseg's default draws among classes only).
 """

@@ -3,7 +3,7 @@ image-wise class weighting and multi-level self-produced guidance.
 
 The paper adapts a source-only model: set `weights.init_checkpoint` to the source run's
 `last.ckpt` (weights only; optimisers and the poly schedule start fresh), as the real-benchmark
-configs do. Official-code choices (README "Official quirks"):
+configs do. Official-code choices (docs/methods/maxsquare.md):
 - The MaxSquare DeepLabV2 sums only the dilation-6 and -12 classifier branches (a `return`
   inside the loop); we sum all four like ADVENT and CLAN by default. Their released
   checkpoints (all four convs stored, `module.` prefix) load as they are; evaluate or adapt

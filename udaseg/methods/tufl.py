@@ -7,7 +7,7 @@ applied here, on the device) go through the segmenter; the clean logits are warp
 affine, so both predictions lie in one frame, and the unsupervised focal loss trains the pixels
 whose clean confidence beats their class's threshold.
 
-Official-code choices (README "Official quirks"):
+Official-code choices (docs/methods/tufl.md):
 - Thresholds: the official ones are per GPU and never synchronised, and the shared loss object
   moves them once per BiSeNet head (3 times an iteration). Here they are a checkpointed buffer
   updated from the statistics of every rank (identical everywhere), once per iteration from the

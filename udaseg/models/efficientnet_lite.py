@@ -17,7 +17,7 @@ Those weights were converted from TensorFlow, so:
 - inputs are scaled to about [-1, 1] (TF Lite preprocessing: (x - 127) / 128), the data module's
   `normalization: signed`. Measured: with signed inputs the stem's batch statistics on
   natural-looking images match the file's BN running statistics far better than with ImageNet
-  mean/std (see the README's benchmark notes);
+  mean/std (docs/networks.md);
 - BN epsilon is 1e-3 (TF's default), momentum 0.01.
 
 Output stride: the last stride-2 stages are dilated instead (as DeepLab does with ResNet) so the

@@ -305,7 +305,7 @@ class UDASegCLI(LightningCLI):
             print("udaseg: torchrun restarted this group on the store of the failed one, where "
                   "the new ranks can find the dead ranks' addresses and hang while connecting; "
                   "launch torchrun with --rdzv-backend c10d and "
-                  "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (README: Multi-GPU)", file=sys.stderr)
+                  "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/running.md)", file=sys.stderr)
         logger = config.trainer.logger.init_args
         folder_logger = config.trainer.logger.class_path.endswith(("CSVLogger",
                                                                    "TensorBoardLogger"))

@@ -3,7 +3,7 @@
 bf16 autocast pays on a CPU with native bf16 instructions (x86 AVX512-BF16 or AMX, Arm's BF16
 extension), where oneDNN runs bf16 convolutions about twice as fast as fp32. Without them
 (an AVX2-only x86 CPU) the bf16 kernels are emulated and an iteration is many times slower
-than in fp32; the README's "Precision" section has the measurements.
+than in fp32; docs/speed.md has the measurements.
 """
 
 from __future__ import annotations
