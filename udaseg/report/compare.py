@@ -231,22 +231,18 @@ def machine(run: Run) -> str:
     return ", ".join(parts)
 
 
-def commits(runs: Sequence[Run]) -> str:
-    """The short git commits of the runs' results (`+dirty`: uncommitted changes)."""
-    found = []
-    for run in runs:
-        origin = run.provenance or {}
-        commit = origin.get("git_commit")
-        text = "unrecorded" if not commit else str(commit)[:7] + (
-            "+dirty" if origin.get("git_dirty") else "")
-        if text not in found:
-            found.append(text)
-    return ", ".join(found)
+def commit(run: Run) -> str:
+    """The short git commit of the run's result (`+dirty`: uncommitted changes)."""
+    origin = run.provenance or {}
+    if not origin.get("git_commit"):
+        return "unrecorded"
+    return str(origin["git_commit"])[:7] + ("+dirty" if origin.get("git_dirty") else "")
 
 
 def provenance_cells(runs: Sequence[Run]) -> list[str]:
-    machines = list(dict.fromkeys(machine(run) for run in runs))
-    return ["; ".join(machines), commits(runs)]
+    """The distinct machines and commits of `runs`, in order of appearance."""
+    return ["; ".join(dict.fromkeys(map(machine, runs))),
+            ", ".join(dict.fromkeys(map(commit, runs)))]
 
 
 def metric_keys(groups: dict[str, list[Run]], per_class: bool) -> list[str]:
@@ -316,10 +312,10 @@ def paired_differences(groups: dict[str, list[Run]], baseline: str, per_class: b
     for label, members in groups.items():
         if label == baseline:
             continue
-        pairs = sorted(((run, reference[run.seed, machine(run)]) for run in members
-                        if (run.seed, machine(run)) in reference), key=lambda pair: pair[0].seed)
-        unpaired += [f"{label} seed {run.seed}" for run in members
-                     if (run.seed, machine(run)) not in reference]
+        partners = [(run, reference.get((run.seed, machine(run)))) for run in members]
+        pairs = sorted(((run, base) for run, base in partners if base is not None),
+                       key=lambda pair: pair[0].seed)
+        unpaired += [f"{label} seed {run.seed}" for run, base in partners if base is None]
         if not pairs:
             continue
         per_seed = " / ".join(f"{run.metrics[primary] - base.metrics[primary]:+.2f}"
