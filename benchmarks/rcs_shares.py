@@ -2,7 +2,7 @@
 stream of the built-in benchmark, for several `min_pixels`, without training anything.
 
 For each class: its share of the labelled pixels under uniform sampling, how many source images
-hold at least `min_pixels` of it (the images RCS can draw for that class), and its expected
+hold more than `min_pixels` of it (the images RCS can draw for that class), and its expected
 share under RCS (per-image class shares weighted by `RareClassSampler.image_probabilities`).
 Last, the effective number of source images, 1 / sum p_i^2 (N under uniform sampling): how
 many images the stream really trains on.
@@ -36,7 +36,7 @@ def main() -> None:
     uniform = image_shares.mean(0)   # the same per-image estimator as the RCS column
 
     header = f"{'class':<14}{'uniform %':>10}" + "".join(
-        f"{f'>= {m} px: images':>20}{'RCS %':>8}" for m in args.min_pixels)
+        f"{f'> {m} px: images':>20}{'RCS %':>8}" for m in args.min_pixels)
     rows = {name: f"{name:<14}{100 * share:>10.2f}"
             for name, share in zip(source.class_names, uniform, strict=True)}
     effective = f"{'eff. images':<14}{len(source):>10}"

@@ -119,8 +119,13 @@ def test_built_in_benchmark_uses_version_2_scenes_and_the_imagenet_lite_network(
     assert_scene_version(data, name, 2)
     assert data["normalization"] == "signed"
     model = resolved["model"]["init_args"]
-    assert model["segmenter"]["class_path"].startswith("udaseg.models.EfficientNetLite")
-    assert model["segmenter"]["init_args"]["skip_stage"] == 2
+    if name == "daformer.yaml":   # the Lite0 encoder under the DAFormer head
+        assert model["segmenter"]["class_path"] == "udaseg.models.EncoderDecoder"
+        assert model["segmenter"]["init_args"]["encoder"]["class_path"] == \
+            "udaseg.models.EfficientNetLiteEncoder"
+    else:
+        assert model["segmenter"]["class_path"].startswith("udaseg.models.EfficientNetLite")
+        assert model["segmenter"]["init_args"]["skip_stage"] == 2
     if name == "cim.yaml":   # stage 2 starts from the stage-1 checkpoint given on the CLI
         assert model["weights"]["pretrained"] is None, "tufl.yaml's ImageNet file is dropped"
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from types import SimpleNamespace
 
+import albumentations as A
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,7 @@ from udaseg.data import (
     UDADataModule,
     normalize,
 )
-from udaseg.data.transforms import CAFFE_MEAN_BGR, TransformedDataset
+from udaseg.data.transforms import CAFFE_MEAN_BGR, CategoryCappedCrop, TransformedDataset
 from udaseg.methods import MinEnt, SourceOnly
 
 
@@ -201,3 +202,73 @@ def test_a_method_that_ignores_the_target_gets_no_target_batches():
         batch, _, _ = next(iter(data.train_dataloader()))
         assert ("target" in batch) is draws_target
         assert ("target" in data.state_dict()["stream_draws"]) is draws_target
+
+
+def test_cat_max_ratio_accepts_crops_like_mmseg():
+    crop = CategoryCappedCrop(2, 2, cat_max_ratio=0.75)
+    assert crop.accepts(np.array([[0, 0], [1, 1]]))           # 50 %
+    assert not crop.accepts(np.array([[0, 0], [0, 1]]))       # 75 % is not < 75 %
+    assert not crop.accepts(np.array([[0, 0], [0, 0]]))       # one class
+    assert not crop.accepts(np.array([[0, 255], [255, 255]]))  # one class besides the ignore
+    assert not crop.accepts(np.full((2, 2), 255))             # nothing labelled
+    assert CategoryCappedCrop(2, 2, cat_max_ratio=0.8).accepts(np.array([[0, 0], [0, 1]]))
+
+
+def test_cat_max_ratio_redraws_up_to_ten_times_from_the_crop_stream():
+    def crops(transform, label, calls):
+        transform.set_random_seed(5)
+        params = {"shape": (32, 32)}
+        return [transform.get_params_dependent_on_data(params, {"mask": label})["crop_coords"]
+                for _ in range(calls)]
+
+    plain = crops(A.RandomCrop(4, 4), np.zeros((32, 32), np.uint8), 11)
+    # Every crop of a one-class label is rejected: the 11th draw is kept.
+    assert crops(CategoryCappedCrop(4, 4, 0.75), np.zeros((32, 32), np.uint8), 1) == plain[-1:]
+    # The first crop of a two-class checkerboard is accepted: the same draw as a plain crop.
+    checkerboard = (np.indices((32, 32)).sum(0) % 2).astype(np.uint8)
+    assert crops(CategoryCappedCrop(4, 4, 0.75), checkerboard, 11) == plain
+
+
+def test_cat_max_ratio_rejects_crops_one_class_dominates():
+    class Corner(TinyDataset):
+        def __getitem__(self, index: int) -> dict:
+            label = np.zeros((self.height, self.width), np.uint8)
+            label[:6, :6] = 1
+            return {**super().__getitem__(index), "label": label}
+
+    def mixed_crops(cat_max_ratio):
+        dataset = TransformedDataset(Corner(1, "c", height=24, width=24),
+                                     Augmentation(crop=(8, 8), cat_max_ratio=cat_max_ratio),
+                                     "imagenet")
+        dataset.reseed(0)
+        labels = torch.stack([dataset[0]["label"] for _ in range(300)])
+        shares = (labels == 1).float().mean((1, 2))
+        return ((shares > 0.25) & (shares < 0.75)).float().mean().item()
+
+    # 10 of the 17x17 crop positions (3.5 %) are mixed enough; up to 11 draws find one ~32 %.
+    assert mixed_crops(None) < 0.1 and mixed_crops(0.75) > 0.2
+
+
+def test_cat_max_ratio_none_leaves_every_draw_unchanged_and_bad_values_fail():
+    default = Augmentation(crop=(6, 6), hflip=True)
+    assert default.cat_max_ratio is None
+    assert [type(op) for op in default.build()] == [A.PadIfNeeded, A.RandomCrop,
+                                                   A.HorizontalFlip]
+    # With a crop that passes at once (a checkerboard label), the check draws nothing more:
+    # the same samples.
+    class Checkerboard(TinyDataset):
+        def __getitem__(self, index: int) -> dict:
+            label = (np.indices((self.height, self.width)).sum(0) % 2).astype(np.uint8)
+            return {**super().__getitem__(index), "label": label}
+
+    source = Checkerboard(1, "s", height=16, width=16)
+    same = []
+    for augmentation in (default, Augmentation(crop=(6, 6), hflip=True, cat_max_ratio=0.99)):
+        dataset = TransformedDataset(source, augmentation, "imagenet")
+        dataset.reseed(3)
+        same.append([dataset[(position, 0)]["image"] for position in range(5)])
+    assert all(torch.equal(a, b) for a, b in zip(*same, strict=True))
+    with pytest.raises(ValueError, match="cat_max_ratio needs `crop`"):
+        Augmentation(cat_max_ratio=0.75)
+    with pytest.raises(ValueError, match=r"cat_max_ratio must be in \(0, 1\), got 1.5"):
+        Augmentation(crop=(4, 4), cat_max_ratio=1.5)

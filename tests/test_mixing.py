@@ -26,7 +26,12 @@ from udaseg.adaptation.batch_augment import MixPhotometric, RandomAffine, class_
 from udaseg.adaptation.photometric import require_input_normalization
 from udaseg.data import StrongView, UDADataModule, normalize
 from udaseg.data.transforms import input_to_unit_rgb, unit_rgb_to_input
-from udaseg.losses import confidence_fraction, mixed_pixel_weights, pixel_weighted_cross_entropy
+from udaseg.losses import (
+    confidence_fraction,
+    crop_pseudo_weight,
+    mixed_pixel_weights,
+    pixel_weighted_cross_entropy,
+)
 from udaseg.methods import CIM, DACS, TUFL
 from udaseg.models import SegmenterWeights
 
@@ -88,6 +93,25 @@ def test_mixed_loss_weights_and_confidence_by_hand():
     expected = (1.0 * 2 * nll[0] + 0.25 * 3 * nll[1] + 0.25 * 2 * nll[2]) / 4   # / every pixel
     value = pixel_weighted_cross_entropy(logits, labels, weights, class_weights)
     assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_pseudo_label_crop_zeroes_target_rows_only():
+    """DAFormer's crop: target pixels of the top/bottom rows get weight 0, pasted source pixels
+    keep 1; the same as the official order (crop the target's map, then mix it with ones)."""
+    generator = torch.Generator().manual_seed(0)
+    source_mask = torch.rand(2, 10, 3, generator=generator) > 0.5
+    fraction = torch.tensor(0.7)
+    cropped = crop_pseudo_weight(mixed_pixel_weights(source_mask, fraction), source_mask, 2, 3)
+    target_map = fraction.expand(2, 10, 3).clone()
+    target_map[:, :2], target_map[:, -3:] = 0.0, 0.0
+    assert torch.equal(cropped, torch.where(source_mask, torch.ones(()), target_map))
+    assert (cropped[source_mask] == 1.0).all()
+    assert (cropped[:, 2:7][~source_mask[:, 2:7]] == 0.7).all()
+    # bottom=0 crops nothing (a `[-0:]` slice would take every row).
+    untouched = crop_pseudo_weight(mixed_pixel_weights(source_mask, fraction), source_mask, 0, 0)
+    assert torch.equal(untouched, mixed_pixel_weights(source_mask, fraction))
+    with pytest.raises(ValueError, match="non-negative"):
+        crop_pseudo_weight(cropped, source_mask, -1, 0)
 
 
 # ------------------------------------------------------------------ photometric
@@ -237,8 +261,13 @@ def test_teacher_bn_mode_follows_the_method_mode():
     student = tiny_method(DACS).segmenter
     for bn, training in (("train", True), ("eval", False)):
         teacher = Teacher(student, "ema", bn=bn).train()
-        assert teacher.network.training == training
-        assert not teacher.eval().network.training
+        norms = [module for module in teacher.network.modules()
+                 if isinstance(module, torch.nn.BatchNorm2d)]
+        assert norms and all(norm.training == training for norm in norms)
+        # Everything else (dropout, drop-path) is off in the teacher either way.
+        assert not teacher.network.training
+        teacher.eval()
+        assert not any(module.training for module in teacher.network.modules())
     frozen = Teacher(student, "frozen")
     with torch.no_grad():
         for parameter in student.parameters():

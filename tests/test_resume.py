@@ -24,8 +24,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from tests.helpers import REPO, fit, run_dir, tiny_data, tiny_method, write_config
 from udaseg.data import Augmentation, InfiniteShardedSampler, RareClassSampler, RareClassSampling
 from udaseg.data.photometric import StrongView
-from udaseg.methods import CIM, DACS, TUFL, AdvEnt
-from udaseg.models import SegmenterWeights
+from udaseg.methods import CIM, DACS, TUFL, AdvEnt, DAFormer
+from udaseg.methods.daformer import FeatureDistance
+from udaseg.models import EncoderDecoder, SegmenterWeights
 from udaseg.runtime.checkpoint_io import SafeCheckpointIO
 
 
@@ -67,6 +68,19 @@ METHODS = {
     "tufl": (functools.partial(tiny_method, TUFL, bn_stats="batch"),
              {"target_strong_view": StrongView()}),
     "dacs": (functools.partial(tiny_method, DACS), {}),
+    # DAFormer on MiT-B0 (drop-path draws from the global RNG): teacher, alpha ramp, the frozen
+    # ImageNet copy, AdamW's moments, rare class sampling with re-drawn crops, category-capped
+    # source crops.
+    "daformer": (functools.partial(
+        tiny_method, DAFormer, feature_distance=FeatureDistance(classes=(5, 6, 8)),
+        segmenter=functools.partial(
+            EncoderDecoder,
+            encoder={"class_path": "udaseg.models.MixTransformer", "init_args": {"variant": "b0"}},
+            head={"class_path": "udaseg.models.DAFormerHead",
+                  "init_args": {"embed_dims": 16, "channels": 16}})),
+        {"rare_class_sampling": RareClassSampling(min_pixels=20, min_crop_ratio=0.5),
+         "source_augmentation": Augmentation(crop=(32, 32), cat_max_ratio=0.75),
+         "target_augmentation": Augmentation(crop=(32, 32))}),
     # CIM with long-tail pasting at every pair, donors prepared in a thread: the donor
     # positions resume.
     "long_tail": (functools.partial(cim_on_stage_one, long_tail_p=1.0),
@@ -142,7 +156,7 @@ def test_stream_positions_decide_the_samples_not_workers_or_restarts():
 ], ids=["uniform", "rare_class"])
 def test_a_sampler_started_at_k_continues_the_stream_at_draw_k(make_sampler):
     stream = list(itertools.islice(iter(make_sampler(0)), 40))
-    assert [position for position, _ in stream] == list(range(40))
+    assert [position for position, *_ in stream] == list(range(40))
     for start in (1, 3, 7, 33):
         assert list(itertools.islice(iter(make_sampler(start)), 40 - start)) == stream[start:]
 

@@ -1,6 +1,7 @@
 """Training-time parts that methods are composed of, each owning its state and testable on its
 own: domain discriminators, a teacher (frozen or EMA), ClassMix and long-tail pasting, TUFL's
-threshold selection and two views, and the on-device batch augmentation they use."""
+threshold selection and two views, DAFormer's ImageNet feature distance, and the on-device batch
+augmentation they use."""
 
 from udaseg.adaptation.class_mix import (
     DACS_MIX_PHOTOMETRIC,
@@ -10,11 +11,13 @@ from udaseg.adaptation.class_mix import (
     teacher_pseudo_labels,
 )
 from udaseg.adaptation.discriminators import DomainDiscriminators
+from udaseg.adaptation.feature_distance import ImageNetFeatureDistance
 from udaseg.adaptation.long_tail import LongTailPasting
+from udaseg.adaptation.strong_augment import StrongAugmentation
 from udaseg.adaptation.teacher import Teacher
 from udaseg.adaptation.thresholds import ThresholdSelection
 from udaseg.adaptation.two_views import TwoViews
 
-__all__ = ["ClassMix", "DACS_MIX_PHOTOMETRIC", "DomainDiscriminators", "LongTailPasting",
-           "MixedBatch", "PseudoLabels", "Teacher", "ThresholdSelection", "TwoViews",
-           "teacher_pseudo_labels"]
+__all__ = ["ClassMix", "DACS_MIX_PHOTOMETRIC", "DomainDiscriminators", "ImageNetFeatureDistance",
+           "LongTailPasting", "MixedBatch", "PseudoLabels", "StrongAugmentation", "Teacher",
+           "ThresholdSelection", "TwoViews", "teacher_pseudo_labels"]

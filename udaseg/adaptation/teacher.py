@@ -29,7 +29,8 @@ class Teacher(nn.Module):
             statistics are the teacher's own), `alpha = min(1 - 1 / (t + 1), ema_momentum)`.
         ema_momentum: the EMA's largest alpha (DACS 0.99, DAFormer 0.999).
         bn: "train": BN normalises with batch statistics and the teacher's running statistics
-            move with its own forwards (DACS); "eval": running statistics (CIM). Follows the
+            move with its own forwards (DACS, DAFormer); "eval": running statistics (CIM).
+            Dropout and drop-path are always off in the teacher (DAFormer's). Follows the
             method's train/eval mode: in evaluation the teacher is in eval mode either way.
     """
 
@@ -49,7 +50,14 @@ class Teacher(nn.Module):
         return self.network(images)
 
     def train(self, mode: bool = True) -> Teacher:
-        return super().train(mode and self.bn == "train")
+        # Official DACS/DAFormer teachers are never put in eval mode, but DAFormer switches off
+        # their dropout and drop-path: in training only the BN layers act as in training.
+        super().train(False)
+        if mode and self.bn == "train":
+            for module in self.network.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train()
+        return self
 
     def alpha(self, iteration: int) -> float:
         """The EMA weight of the teacher after the student's step at `iteration`."""

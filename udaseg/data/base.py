@@ -178,8 +178,14 @@ class ImageLabelDataset(SegmentationDataset):
         """The label alone, at its image's size read from the image header (no decoding)."""
         return self.train_ids(index, read_image_size(self.pairs[index][0]))
 
-    def train_ids(self, index: int, image_size: tuple[int, int]) -> np.ndarray:
-        """Train ids of sample `index`, at `image_size` (height, width) of its image."""
+    def full_resolution_label(self, index: int) -> np.ndarray:
+        """The label at its file's own size, even where that differs from its image's: what
+        rare class sampling counts class pixels in, as DAFormer counts them in the files."""
+        return self.train_ids(index, None)
+
+    def train_ids(self, index: int, image_size: Optional[tuple[int, int]]) -> np.ndarray:
+        """Train ids of sample `index`, at `image_size` (height, width) of its image (None:
+        at the label file's size)."""
         image_path, label_path = self.pairs[index]
         if label_path is None:
             raise ValueError(f"{image_path} has no label file")
@@ -188,6 +194,8 @@ class ImageLabelDataset(SegmentationDataset):
             raise ValueError(f"label file {label_path} holds id {int(raw.max())} > "
                              f"{self.max_raw_id}, the largest this dataset expects")
         label = self.lookup[raw]
+        if image_size is None:
+            return label
         height, width = image_size
         if label.shape != (height, width):
             # Known in GTA5: a few labels differ in size from their image.

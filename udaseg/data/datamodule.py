@@ -58,7 +58,11 @@ class UDADataModule(pl.LightningDataModule):
             classes from (`paste_donor`); None = 1 with `num_workers` > 0, else 0 (prepared
             in the training process when asked for). The crops do not depend on it.
         rare_class_sampling: draw source images by DAFormer's rare class sampling instead of
-            uniform passes (`udaseg.data.RareClassSampling`); None = uniform.
+            uniform passes (`udaseg.data.RareClassSampling`); None = uniform. Its
+            `min_crop_ratio` runs the source augmentation again (at most 10 times) until the
+            crop holds more than `min_pixels * min_crop_ratio` pixels of the drawn class
+            (0 = one run). The source augmentation's `cat_max_ratio` (crops re-drawn while
+            one class dominates them) applies inside each of those runs, as in DAFormer.
         seed: shuffling and augmentation seed (also mixed with the stream and the rank).
         target_strong_view: a second, photometrically augmented view of each target crop for
             consistency methods (TUFL); the settings live in the data config
@@ -233,8 +237,10 @@ class UDADataModule(pl.LightningDataModule):
                       batch_size: int, keep_label: bool,
                       strong_view: Optional[StrongView] = None) -> DataLoader:
         rank, world_size = self._rank_and_world()
+        crop_pixels = (self.rare_class_sampling.crop_pixels
+                       if key == "source" and self.rare_class_sampling is not None else None)
         transformed = TransformedDataset(dataset, augmentation, self.normalization, keep_label,
-                                         strong_view)
+                                         strong_view, class_crop_pixels=crop_pixels)
         augmentation_seed = self.rank_seed(key)
         transformed.reseed(augmentation_seed)
         sampler = self.stream_sampler(key, dataset, world_size, rank, self.stream_seed(key),

@@ -27,6 +27,44 @@ CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], dtype=np.f
 SIGNED_CENTER, SIGNED_SCALE = 127.0, 128.0
 # Second entropy word of the strong view's generator, next to the stream seed.
 _STRONG_VIEW_STREAM = 0x5747
+# Crops checked before the last one is kept whatever it holds (mmseg's RandomCrop and DAFormer's
+# rare class sampling both check 10 and keep the 11th).
+CROP_CHECKS = 10
+
+
+class CategoryCappedCrop(A.RandomCrop):
+    """mmseg's `RandomCrop(cat_max_ratio=...)`: a random crop, drawn again while it is dominated
+    by one class.
+
+    A crop is accepted when its label holds more than one class (the ignore label excluded) and
+    the largest class covers less than `cat_max_ratio` of its labelled pixels. After
+    `CROP_CHECKS` rejected crops the next one is kept unchecked. The positions come from the
+    transform's own seeded generator, like `A.RandomCrop`'s; without a mask (an unlabelled
+    stream) it is a plain random crop.
+    """
+
+    def __init__(self, height: int, width: int, cat_max_ratio: float,
+                 ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(height=height, width=width)
+        self.cat_max_ratio = cat_max_ratio
+        self.ignore_index = ignore_index
+
+    def accepts(self, label: np.ndarray) -> bool:
+        classes, counts = np.unique(label, return_counts=True)
+        counts = counts[classes != self.ignore_index]
+        return len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        crop = super().get_params_dependent_on_data(params, data)
+        label = data.get("mask")
+        if label is None:
+            return crop
+        for _ in range(CROP_CHECKS):
+            x_min, y_min, x_max, y_max = crop["crop_coords"]
+            if self.accepts(label[y_min:y_max, x_min:x_max]):
+                break
+            crop = super().get_params_dependent_on_data(params, data)
+        return crop
 
 
 @dataclass(frozen=True)
@@ -37,6 +75,10 @@ class Augmentation:
         resize: (height, width) every image is resized to first, e.g. GTA5 (720, 1280).
         scale: (min, max) random rescale factor after the resize.
         crop: (height, width) random crop; smaller images are padded first (labels with 255).
+        cat_max_ratio: with a crop and a label, the crop is drawn again (at most 10 times, the
+            last draw then kept) until the label shows more than one class and none covers
+            `cat_max_ratio` or more of its labelled pixels (mmseg's `RandomCrop`; DAFormer uses
+            0.75 on its source sets). None = one plain random crop.
         hflip: random horizontal flip with probability 0.5.
         color_jitter: strength of brightness/contrast/saturation jitter (0 disables it).
         resize_label: False keeps the label at its original size (the evaluation protocol:
@@ -46,6 +88,7 @@ class Augmentation:
     resize: Optional[tuple[int, int]] = None
     scale: Optional[tuple[float, float]] = None
     crop: Optional[tuple[int, int]] = None
+    cat_max_ratio: Optional[float] = None
     hflip: bool = False
     color_jitter: float = 0.0
     resize_label: bool = True
@@ -54,6 +97,12 @@ class Augmentation:
         if not self.resize_label and (self.scale or self.crop or self.hflip):
             raise ValueError("Augmentation(resize_label=False) only allows `resize`: random "
                              "geometry would misalign image and full-resolution label")
+        if self.cat_max_ratio is not None:
+            if self.crop is None:
+                raise ValueError("Augmentation.cat_max_ratio needs `crop`: it re-draws crops")
+            if not 0 < self.cat_max_ratio < 1:
+                raise ValueError(f"Augmentation.cat_max_ratio must be in (0, 1), got "
+                                 f"{self.cat_max_ratio} (None disables it)")
 
     def build(self) -> A.Compose:
         """The albumentations pipeline for image+mask (image-only resize handled separately)."""
@@ -67,7 +116,10 @@ class Augmentation:
             ops.append(A.PadIfNeeded(min_height=self.crop[0], min_width=self.crop[1],
                                      border_mode=cv2.BORDER_CONSTANT, fill=0,
                                      fill_mask=IGNORE_INDEX))
-            ops.append(A.RandomCrop(height=self.crop[0], width=self.crop[1]))
+            if self.cat_max_ratio is None:
+                ops.append(A.RandomCrop(height=self.crop[0], width=self.crop[1]))
+            else:
+                ops.append(CategoryCappedCrop(self.crop[0], self.crop[1], self.cat_max_ratio))
         if self.hflip:
             ops.append(A.HorizontalFlip(p=0.5))
         if self.color_jitter > 0:
@@ -153,18 +205,26 @@ class TransformedDataset(torch.utils.data.Dataset):
     draws are seeded by (`reseed`'s seed, position) alone: the same draw gets the same crop in
     any worker process and after a resume. A plain index continues the sequential stream
     `reseed` started.
+
+    `class_crop_pixels` (rare class sampling's source stream): a `(position, index, class_id)`
+    key, as `RareClassSampler` yields, asks for a crop holding more than `class_crop_pixels`
+    pixels of `class_id`, counted in the augmented label. The whole augmentation runs again
+    (continuing the same seeded draws) until it does, at most `CROP_CHECKS` times; the last
+    run is then kept whatever it holds. Without it, or with a two-element key, one run.
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, augmentation: Augmentation,
                  normalization: Normalization, keep_label: bool = True,
                  strong_view: Optional[StrongView] = None,
-                 label_dtype: torch.dtype = torch.int64) -> None:
+                 label_dtype: torch.dtype = torch.int64,
+                 class_crop_pixels: Optional[float] = None) -> None:
         self.dataset = dataset
         self.augmentation = augmentation
         self.normalization = normalization
         self.keep_label = keep_label
         self.label_dtype = label_dtype
         self.strong_view = strong_view
+        self.class_crop_pixels = class_crop_pixels
         self.pipeline = augmentation.build()
         self.rng = np.random.default_rng()
         self.seed = 0
@@ -183,11 +243,14 @@ class TransformedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+    def __getitem__(self, key: int | tuple[int, int] | tuple[int, int, int]) -> dict:
+        wanted_class = None
         if isinstance(key, tuple):
-            position, index = key
+            position, index, *drawn_class = key
             entropy = np.random.SeedSequence([self.seed, position]).generate_state(1)
             self._seed_draws(int(entropy[0]))
+            if drawn_class and self.class_crop_pixels is not None:
+                wanted_class = drawn_class[0]
         else:
             index = key
         sample = self.dataset[index]
@@ -202,6 +265,11 @@ class TransformedDataset(torch.utils.data.Dataset):
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         if keep:
             out = self.pipeline(image=image, mask=label)
+            if wanted_class is not None:
+                for _ in range(CROP_CHECKS):
+                    if np.count_nonzero(out["mask"] == wanted_class) > self.class_crop_pixels:
+                        break
+                    out = self.pipeline(image=image, mask=label)
             image, label = out["image"], out["mask"]
         else:
             image = self.pipeline(image=image)["image"]

@@ -24,9 +24,11 @@ from udaseg.losses.consistency import (
     confidence_selection,
     unsupervised_focal_loss,
 )
+from udaseg.losses.feature_distance import downscale_label_ratio, masked_feature_distance
 from udaseg.losses.maxsquare import iw_maxsquare_loss, maxsquare_loss, self_produced_guidance
 from udaseg.losses.mixing import (
     confidence_fraction,
+    crop_pseudo_weight,
     mixed_pixel_weights,
     pixel_weighted_cross_entropy,
 )
@@ -41,12 +43,15 @@ __all__ = [
     "conservative_loss",
     "conservative_loss_published",
     "conservative_weight",
+    "crop_pseudo_weight",
+    "downscale_label_ratio",
     "entropy_loss",
     "entropy_map",
     "focal_loss",
     "iw_maxsquare_loss",
     "level_probabilities",
     "local_alignment_map",
+    "masked_feature_distance",
     "maxsquare_loss",
     "mixed_pixel_weights",
     "pixel_weighted_cross_entropy",

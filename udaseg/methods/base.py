@@ -48,7 +48,8 @@ from udaseg.methods.checkpointing import (
 )
 from udaseg.methods.fast_path import DeferredBackward, FastPath
 from udaseg.methods.nonfinite import nonfinite_terms, stop_message
-from udaseg.methods.optim import POLY_HORIZON_KEY, OptimConfig, one_scaler_update, poly_lr
+from udaseg.methods.optim import POLY_HORIZON_KEY, OptimConfig, one_scaler_update
+from udaseg.methods.optim import poly_lr as poly_lr  # re-exported: udaseg.methods.poly_lr
 from udaseg.models import (
     AUX,
     MAIN,
@@ -84,6 +85,11 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         head_weights: weight of each segmenter head in the source loss (and in methods that
             weight heads the same way, e.g. TUFL's target loss), replacing `{main: 1, aux:
             aux_weight}`; e.g. BiSeNet as in TUFL: 1/3 for each of its three heads.
+        loss_reduction: how the source cross-entropy averages over pixels: "labelled"
+            divides the summed loss by the labelled pixels (PyTorch's `ignore_index` mean, the
+            DeepLabV2 papers); "all_pixels" by all N*H*W pixels, ignored ones contributing 0
+            (mmseg's `CrossEntropyLoss`, DAFormer). Methods with their own source loss
+            (Conservative Loss, CLAN's focal loss, TUFL's weighted loss) keep their reduction.
         bn_stats: "batch" normalises with batch statistics during training and updates the
             running stats (what the official code does, since it calls `model.train()`);
             "frozen" keeps BN layers in eval mode (statistics of the initialisation).
@@ -121,6 +127,7 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         optim: OptimConfig = OptimConfig(),
         aux_weight: float = 0.1,
         head_weights: Optional[dict[str, float]] = None,
+        loss_reduction: Literal["labelled", "all_pixels"] = "labelled",
         bn_stats: Literal["batch", "frozen"] = "batch",
         adaptation_warmup: int = 0,
         nonfinite_loss: Literal["stop", "skip"] = "stop",
@@ -128,6 +135,9 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         fast_path: FastPath = FastPath(),
     ) -> None:
         super().__init__()
+        if loss_reduction not in ("labelled", "all_pixels"):
+            raise ValueError(f"model.init_args.loss_reduction must be 'labelled' or "
+                             f"'all_pixels', got {loss_reduction!r}")
         self.automatic_optimization = False
         self.save_hyperparameters()
         # Plain data ({"class_path", "init_args"}), so checkpoints and hparams.yaml say which
@@ -203,12 +213,7 @@ class UDAMethod(pl.LightningModule, abc.ABC):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         config = self.optim_config
-        segmenter_optimizer = torch.optim.SGD(
-            [{"params": list(self.segmenter.backbone_parameters()), "base_lr": config.lr},
-             {"params": list(self.segmenter.classifier_parameters()),
-              "base_lr": config.lr * config.classifier_lr_mult}],
-            lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        return [segmenter_optimizer,
+        return [config.segmenter_optimizer(self.segmenter),
                 *self.discriminators.optimizers(config.discriminator_lr,
                                                 config.discriminator_betas)]
 
@@ -272,11 +277,10 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         return min(1.0, self.global_step / warmup)
 
     def set_learning_rates(self, optimizers: list) -> None:
-        config = self.optim_config
         for optimizer in optimizers:
             for group in optimizer.param_groups:
-                group["lr"] = poly_lr(group["base_lr"], self.global_step, self.max_iters,
-                                      config.poly_power, config.warmup_iters)
+                group["lr"] = self.optim_config.learning_rate(group["base_lr"], self.global_step,
+                                                              self.max_iters)
 
     def step_optimizers(self, optimizers: list) -> None:
         """Step the segmenter (counted as one iteration) and then every discriminator; an fp16
@@ -391,12 +395,14 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         return outputs, losses, others
 
     def source_pixel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Loss of one level's (N, C, h, w) logits against (N, H, W) labels: cross-entropy.
+        """Loss of one level's (N, C, h, w) logits against (N, H, W) labels: cross-entropy,
+        reduced as `loss_reduction` says.
 
-        Methods that replace the source loss (Conservative Loss, CLAN's focal quirk) override
-        this; `supervised_loss` applies it to every level.
+        Methods that replace the source loss (Conservative Loss, CLAN's focal quirk, TUFL's
+        class weights) override this; `supervised_loss` applies it to every level.
         """
-        return segmentation_cross_entropy(logits, labels, self.ignore_index)
+        return segmentation_cross_entropy(logits, labels, self.ignore_index,
+                                          self.hparams.loss_reduction)
 
     @property
     def loss_head_weights(self) -> dict[str, float]:
@@ -462,7 +468,8 @@ class UDAMethod(pl.LightningModule, abc.ABC):
     # ----------------------------------------------------------------- evaluation
     def logits_at(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Main-classifier logits of `images` upsampled to `size`: one network pass."""
-        return upsample_logits(self.segmenter(images)[MAIN], size)
+        return upsample_logits(self.segmenter(images)[MAIN], size,
+                               getattr(self.segmenter, "align_corners", True))
 
     def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Logits at `size` (the label resolution in evaluation) under the test-time options."""
@@ -544,5 +551,4 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         saved_horizon = checkpoint.get(POLY_HORIZON_KEY)
         if saved_horizon and saved_horizon != self.max_iters:
             rank_zero_warn(horizon_change_warning(
-                self.trained_iterations, saved_horizon, self.max_iters,
-                self.optim_config.poly_power, self.optim_config.warmup_iters))
+                self.trained_iterations, saved_horizon, self.max_iters, self.optim_config))

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from udaseg.methods.optim import poly_lr
+from udaseg.methods.optim import OptimConfig
 from udaseg.runtime.checkpoint_io import SOURCE_KEY, CheckpointError
 from udaseg.runtime.rng_state import collect_rng_states
 
@@ -45,10 +45,11 @@ def rank_rng_states(world_size: int) -> list:
     return gathered
 
 
-def horizon_change_warning(step: int, saved_horizon: int, horizon: int, power: float,
-                           warmup: int) -> str:
-    """What a resumed run whose poly horizon changed says about its learning rate."""
-    before, after = (poly_lr(1.0, step, value, power, warmup) for value in (saved_horizon, horizon))
+def horizon_change_warning(step: int, saved_horizon: int, horizon: int,
+                           config: OptimConfig) -> str:
+    """What a resumed run whose poly horizon changed says about its learning rate (`config`:
+    the run's schedule)."""
+    before, after = (config.learning_rate(1.0, step, value) for value in (saved_horizon, horizon))
     return (f"resuming at iteration {step}: the checkpoint's poly schedule decays over "
             f"{saved_horizon} iterations, this run's over {horizon} (trainer.max_steps changed), "
             f"so the learning rate jumps from {before:.4g} to {after:.4g} x lr. Set "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from udaseg.adaptation.batch_augment import ClassMixIgnoreLabel, MixPhotometric
-from udaseg.adaptation.class_mix import DACS_MIX_PHOTOMETRIC, MIX_STREAM, ClassMix
+from udaseg.adaptation.class_mix import DACS_MIX_PHOTOMETRIC, MIX_STREAM, ClassChoice, ClassMix
 from udaseg.adaptation.photometric import require_input_normalization
 from udaseg.adaptation.teacher import Teacher, TeacherBN
 from udaseg.methods.base import UDAMethod
@@ -35,6 +35,8 @@ class DACS(UDAMethod):
         pseudo_confidence: teacher confidence that counts as sure in the target weight (0.968).
         classmix_ignore_label: "never" (ClassMix draws among the source label's classes) or
             "candidate" (official: the ignore label is drawn like a class).
+        class_choice: "per_image" (DACS: half of each source label's classes) or "per_batch"
+            (half of the classes of every source label of the batch; DAFormer's code).
         mix_photometric: augmentation of the mixed image on the device (DACS's colour jitter
             and blur); needs `data.normalization`.
         **kwargs: `UDAMethod` arguments.
@@ -45,12 +47,14 @@ class DACS(UDAMethod):
     def __init__(self, lambda_mix: float = 1.0, ema_momentum: float = 0.99,
                  teacher_bn: TeacherBN = "train", pseudo_confidence: float = 0.968,
                  classmix_ignore_label: ClassMixIgnoreLabel = "never",
+                 class_choice: ClassChoice = "per_image",
                  mix_photometric: MixPhotometric = DACS_MIX_PHOTOMETRIC, **kwargs) -> None:
         super().__init__(**kwargs)
         self.teacher = Teacher(self.segmenter, "ema", ema_momentum, teacher_bn)
         self.class_mix = ClassMix(self.ignore_index, classmix_ignore_label,
                                   MixPhotometric(**mix_photometric)
-                                  if isinstance(mix_photometric, dict) else mix_photometric)
+                                  if isinstance(mix_photometric, dict) else mix_photometric,
+                                  class_choice=class_choice)
 
     def on_train_start(self) -> None:
         super().on_train_start()

@@ -4,7 +4,14 @@ from udaseg.models.bisenet import BiSeNet
 from udaseg.models.deeplabv2 import ClassifierASPP, DeepLabV2, seg_output_size
 from udaseg.models.discriminator import FCDiscriminator
 from udaseg.models.dual_classifier import DualClassifierDeepLab
-from udaseg.models.efficientnet_lite import EfficientNetLiteDeepLab, EfficientNetLiteDualClassifier
+from udaseg.models.efficientnet_lite import (
+    EfficientNetLiteDeepLab,
+    EfficientNetLiteDualClassifier,
+    EfficientNetLiteEncoder,
+)
+from udaseg.models.encoder_decoder import EncoderDecoder
+from udaseg.models.heads import DAFormerHead, SegFormerHead
+from udaseg.models.mit import MixTransformer
 from udaseg.models.resnet import ResNetBackbone
 from udaseg.models.segmenter import (
     AUX,
@@ -28,13 +35,18 @@ __all__ = [
     "AUX",
     "BiSeNet",
     "ClassifierASPP",
+    "DAFormerHead",
     "DeepLabV2",
     "DualClassifierDeepLab",
     "EfficientNetLiteDeepLab",
     "EfficientNetLiteDualClassifier",
+    "EfficientNetLiteEncoder",
+    "EncoderDecoder",
     "FCDiscriminator",
     "MAIN",
+    "MixTransformer",
     "ResNetBackbone",
+    "SegFormerHead",
     "Segmenter",
     "SegmenterFactory",
     "SegmenterOutput",

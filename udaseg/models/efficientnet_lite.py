@@ -22,6 +22,9 @@ Those weights were converted from TensorFlow, so:
 
 Output stride: the last stride-2 stages are dilated instead (as DeepLab does with ResNet) so the
 logits come out at 1/8 or 1/16 of the input (1/32 without dilation).
+
+`EfficientNetLiteEncoder` is the same encoder, undilated, returning its stride-4 to stride-32
+stage outputs for a decode head (`udaseg.models.EncoderDecoder`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
 STEM_CHANNELS = 32
 #: Index of the stage whose output feeds the auxiliary head (112 channels, 1/16 at most).
 AUX_STAGE = 4
+#: Stages whose outputs `EfficientNetLiteEncoder` returns: the last one at strides 4, 8, 16, 32.
+ENCODER_STAGES = (1, 2, 4, 6)
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01
 #: EfficientNet-PyTorch module names -> ours (parameter and buffer names are shared).
 _FILE_MODULES = {"_expand_conv": "expand_conv", "_bn0": "expand_bn",
@@ -131,6 +136,89 @@ def efficientnet_key(key: str) -> Optional[str]:
     return key  # unknown: reported as unexpected by the loader
 
 
+def lite0_layers(output_stride: int = 32) -> tuple[nn.Conv2d, nn.BatchNorm2d, nn.ModuleList,
+                                                   list[int]]:
+    """The Lite0 stem conv, stem BN and 16 MBConv blocks (stride-2 stages beyond
+    `output_stride` dilated instead), and the index of each stage's last block. Modules named
+    `stem_conv`, `stem_bn`, `blocks` take the file's keys (`efficientnet_key`)."""
+    stem_conv = conv(3, STEM_CHANNELS, 3, stride=2)
+    stem_bn = batch_norm(STEM_CHANNELS)
+    blocks: list[nn.Module] = []
+    stage_ends: list[int] = []
+    in_channels, stride_so_far, dilation = STEM_CHANNELS, 2, 1
+    for kernel, stride, expansion, out_channels, repeats in LITE0_STAGES:
+        block_dilation = dilation
+        if stride == 2 and stride_so_far * 2 > output_stride:
+            stride, dilation = 1, dilation * 2  # dilate from the next block on
+        stride_so_far *= stride
+        for index in range(repeats):
+            blocks.append(MBConv(in_channels, out_channels, kernel,
+                                 stride if index == 0 else 1, expansion,
+                                 block_dilation if index == 0 else dilation))
+            in_channels = out_channels
+        stage_ends.append(len(blocks) - 1)
+    return stem_conv, stem_bn, nn.ModuleList(blocks), stage_ends
+
+
+def load_efficientnet_pytorch(model: nn.Module, state: dict[str, torch.Tensor],
+                              source: str) -> list[str]:
+    """Load an EfficientNet-PyTorch ImageNet state dict into the `stem_conv`, `stem_bn` and
+    `blocks` of `model` (built by `lite0_layers`), in place.
+
+    Every such tensor must be in the file with the same shape; the file's head conv and
+    classifier (`_conv_head`, `_bn1`, `_fc`) are ignored. Returns `model`'s keys left untouched.
+    """
+    if not any(k.startswith("_blocks.") for k in state):
+        raise WeightsError(f"{source} is not an EfficientNet-PyTorch state dict (no "
+                           f"`_blocks.N.*` keys; first keys: {list(state)[:5]})")
+    incoming = {ours: value for key, value in state.items()
+                if (ours := efficientnet_key(key)) is not None}
+    target = model.state_dict()
+    wanted = [k for k in target if k.split(".", 1)[0] in ("stem_conv", "stem_bn", "blocks")]
+    missing, unexpected, mismatched = compare_state(target, incoming, wanted)
+    if missing or unexpected or mismatched:
+        raise WeightsError(mismatch_message(
+            f"{source} (efficientnet_pytorch format) does not fit {type(model).__name__}'s "
+            "encoder", missing, unexpected, mismatched))
+    model.load_state_dict({**target, **incoming}, strict=True)
+    return [k for k in target if k not in incoming]
+
+
+class EfficientNetLiteEncoder(nn.Module):
+    """The Lite0 stem and blocks as a multi-stage encoder for decode heads
+    (`udaseg.models.EncoderDecoder`): the outputs of the last stage at each stride 4, 8, 16, 32
+    (24, 40, 112, 320 channels, sizes ceil(input / stride)); no dilation.
+
+    Reads the same ImageNet file, with the same key names, as `EfficientNetLiteDeepLab`'s
+    encoder (format "efficientnet_pytorch"; inputs `normalization: signed`).
+    """
+
+    pretrained_formats: ClassVar[tuple[str, ...]] = ("efficientnet_pytorch",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem_conv, self.stem_bn, self.blocks, stage_ends = lite0_layers(output_stride=32)
+        self.feature_blocks = tuple(stage_ends[stage] for stage in ENCODER_STAGES)
+        self.out_channels: tuple[int, ...] = tuple(LITE0_STAGES[stage][3]
+                                                   for stage in ENCODER_STAGES)
+        he_init_(self)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 3, H, W) signed-normalised images -> the four stage outputs, finest first."""
+        x = F.relu6(self.stem_bn(self.stem_conv(images)))
+        features = []
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in self.feature_blocks:
+                features.append(x)
+        return features
+
+    def load_pretrained(self, state: dict[str, torch.Tensor], fmt: str, source: str) -> list[str]:
+        """Load the EfficientNet-PyTorch ImageNet file (`load_efficientnet_pytorch`); every
+        encoder tensor is in it, so nothing is left untouched."""
+        return load_efficientnet_pytorch(self, state, source)
+
+
 class EfficientNetLiteDeepLab(Segmenter):
     """EfficientNet-Lite0 encoder + DeepLabV2 ASPP-sum classifier(s).
 
@@ -169,23 +257,8 @@ class EfficientNetLiteDeepLab(Segmenter):
         self.num_classes = num_classes
         self.multi_level = multi_level
         self.output_stride = output_stride
-        self.stem_conv = conv(3, STEM_CHANNELS, 3, stride=2)
-        self.stem_bn = batch_norm(STEM_CHANNELS)
-        blocks: list[nn.Module] = []
-        self.stage_ends: list[int] = []
-        in_channels, stride_so_far, dilation = STEM_CHANNELS, 2, 1
-        for kernel, stride, expansion, out_channels, repeats in LITE0_STAGES:
-            block_dilation = dilation
-            if stride == 2 and stride_so_far * 2 > output_stride:
-                stride, dilation = 1, dilation * 2  # dilate from the next block on
-            stride_so_far *= stride
-            for index in range(repeats):
-                blocks.append(MBConv(in_channels, out_channels, kernel,
-                                     stride if index == 0 else 1, expansion,
-                                     block_dilation if index == 0 else dilation))
-                in_channels = out_channels
-            self.stage_ends.append(len(blocks) - 1)
-        self.blocks = nn.ModuleList(blocks)
+        self.stem_conv, self.stem_bn, self.blocks, self.stage_ends = lite0_layers(output_stride)
+        in_channels = LITE0_STAGES[-1][3]
         aux_channels = LITE0_STAGES[AUX_STAGE][3]
         self.aux_classifier = (ClassifierASPP(aux_channels, num_classes, aspp_dilations)
                                if multi_level else None)
@@ -241,20 +314,7 @@ class EfficientNetLiteDeepLab(Segmenter):
         classifier (`_conv_head`, `_bn1`, `_fc`) are ignored. Returns the keys left untouched
         (the classifiers).
         """
-        if not any(k.startswith("_blocks.") for k in state):
-            raise WeightsError(f"{source} is not an EfficientNet-PyTorch state dict (no "
-                               f"`_blocks.N.*` keys; first keys: {list(state)[:5]})")
-        incoming = {ours: value for key, value in state.items()
-                    if (ours := efficientnet_key(key)) is not None}
-        target = self.state_dict()
-        wanted = [k for k in target if k.split(".", 1)[0] in ("stem_conv", "stem_bn", "blocks")]
-        missing, unexpected, mismatched = compare_state(target, incoming, wanted)
-        if missing or unexpected or mismatched:
-            raise WeightsError(mismatch_message(
-                f"{source} (efficientnet_pytorch format) does not fit {type(self).__name__}'s "
-                "encoder", missing, unexpected, mismatched))
-        self.load_state_dict({**target, **incoming}, strict=True)
-        return [k for k in target if k not in incoming]
+        return load_efficientnet_pytorch(self, state, source)
 
 
 class EfficientNetLiteDualClassifier(EfficientNetLiteDeepLab):

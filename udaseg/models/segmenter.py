@@ -58,6 +58,9 @@ class Segmenter(nn.Module, abc.ABC):
 
     #: Formats of pretrained (ImageNet) weight files `load_pretrained` reads; () = none.
     pretrained_formats: ClassVar[tuple[str, ...]] = ()
+    #: How evaluation resizes the logits to the label size: the DeepLabV2 UDA code uses
+    #: align_corners=True, mmseg (DAFormer and later) False.
+    align_corners: ClassVar[bool] = True
     num_classes: int
     heads: tuple[str, ...]
 

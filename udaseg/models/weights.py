@@ -40,9 +40,11 @@ _MAX_LISTED = 20
 
 #: The input normalisation (`data.normalization`) the networks of each pretrained file format
 #: were trained with: torchvision's ImageNet mean/std, the Caffe ResNet's BGR mean (ADVENT's
-#: `Scale.*` file), TensorFlow Lite's (x - 127) / 128 (the EfficientNet-Lite files).
+#: `Scale.*` file), TensorFlow Lite's (x - 127) / 128 (the EfficientNet-Lite files), ImageNet
+#: mean/std again for the MiT files (official `mit_b*.pth` and Hugging Face `nvidia/mit-b*`).
 FORMAT_NORMALIZATION: dict[str, Normalization] = {
-    "torchvision": "imagenet", "deeplab": "caffe_bgr", "efficientnet_pytorch": "signed"}
+    "torchvision": "imagenet", "deeplab": "caffe_bgr", "efficientnet_pytorch": "signed",
+    "mit": "imagenet", "huggingface": "imagenet"}
 #: Key of the settings a udaseg data module records (`data.normalization`) in run checkpoints.
 DATA_RECORD_KEY = LightningDataModule.CHECKPOINT_HYPER_PARAMS_KEY
 _WEIGHTS_KEY = "model.init_args.weights"
@@ -84,7 +86,8 @@ def resolve_weights_path(path: PathLike) -> Path:
 
 
 def _load_file(path: PathLike, sha256: Optional[str]) -> object:
-    """Check existence and hash, then `torch.load` with `weights_only=True` (no pickled code)."""
+    """Check existence and hash, then `torch.load` with `weights_only=True` (no pickled code);
+    `.safetensors` files (Hugging Face's format) are read with the `safetensors` package."""
     path = resolve_weights_path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
@@ -93,6 +96,13 @@ def _load_file(path: PathLike, sha256: Optional[str]) -> object:
         if actual.lower() != sha256.strip().lower():
             raise WeightsError(
                 f"SHA-256 mismatch for {path}: expected {sha256.strip().lower()}, got {actual}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file  # only needed for this format
+
+        try:
+            return load_file(path, device="cpu")
+        except Exception as err:  # SafetensorError and OS errors
+            raise WeightsError(f"cannot read {path} as a safetensors file: {err}") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types
@@ -131,7 +141,7 @@ def load_imagenet_init(model: Segmenter, path: PathLike, sha256: Optional[str] =
     "torchvision" and "deeplab", the Caffe-converted `Scale.*` file). Returns the model's
     state-dict keys the file left untouched (e.g. the classifiers).
     """
-    formats = type(model).pretrained_formats
+    formats = model.pretrained_formats  # an instance's: EncoderDecoder's depend on its encoder
     if not formats:
         raise WeightsError(f"{type(model).__name__} reads no pretrained weight files, but "
                            f"{path} was given: leave weights.pretrained empty")

@@ -1,0 +1,200 @@
+"""DAFormer (Hoyer, Dai, Van Gool, "DAFormer: Improving Network Architectures and Training
+Strategies for Domain-Adaptive Semantic Segmentation", CVPR 2022; official code lhoyer/DAFormer).
+
+DACS's self-training (an EMA teacher labels the target batch, ClassMix pastes source classes onto
+it, the student trains on the source batch and the mixed batch) with DAFormer's training
+strategies:
+
+- an ImageNet feature distance on the source batch (`udaseg.adaptation.ImageNetFeatureDistance`):
+  the student's last encoder stage is kept near a frozen copy of its ImageNet encoder on the
+  pixels of thing classes, `L = L_sup + lambda_fd * L_fd + L_mix`;
+- rare class sampling of source images (the data module's `rare_class_sampling`);
+- AdamW with a linear warm-up multiplied onto poly decay (the `optim` default here);
+- the official self-training details: EMA alpha `min(1 - 1/(t + 1), 0.999)`, ClassMix classes
+  from every label of the batch, the strong augmentation of the mixed image, no pseudo-label
+  weight on the top 15 and bottom 120 rows of a target crop (rectification artefacts and the ego
+  car), the cross-entropy averaged over all pixels (mmseg's reduction).
+
+The network is an `udaseg.models.EncoderDecoder` (MiT-B5 + DAFormer head by default). The feature
+distance reads the encoder's stages, so with it the segmenter must have `encode`/`decode`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+
+from udaseg.adaptation.batch_augment import ClassMixIgnoreLabel
+from udaseg.adaptation.class_mix import MIX_STREAM, ClassChoice
+from udaseg.adaptation.feature_distance import ImageNetFeatureDistance
+from udaseg.adaptation.strong_augment import StrongAugmentation
+from udaseg.adaptation.teacher import TeacherBN
+from udaseg.losses import crop_pseudo_weight, upsample_logits
+from udaseg.methods.dacs import DACS
+from udaseg.methods.optim import OptimConfig
+from udaseg.models import (
+    MAIN,
+    EncoderDecoder,
+    SegmenterFactory,
+    build_segmenter,
+    initialize_segmenter,
+)
+
+#: DAFormer's optimisation (official `adamw.py` + `poly10warm.py`): AdamW 6e-5, weight decay
+#: 0.01 except on the encoder's LayerNorms, the head at 10x the rate, poly(1) to 0 with a linear
+#: warm-up over 1500 iterations from 1e-6 x the rate, multiplied onto the poly value.
+DAFORMER_OPTIM = OptimConfig(optimizer="adamw", lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01,
+                             norm_weight_decay=0.0, classifier_lr_mult=10.0, poly_power=1.0,
+                             warmup_iters=1500, warmup_ratio=1e-6, warmup_mode="poly_factor")
+
+@dataclass(frozen=True)
+class FeatureDistance:
+    """Settings of the ImageNet feature distance (`ImageNetFeatureDistance`).
+
+    Args:
+        weight: lambda_fd (0.005).
+        classes: the classes whose source pixels count; DAFormer's are the Cityscapes "thing"
+            classes (traffic light, traffic sign, person ... bicycle: 6, 7, 11-18), whose
+            ImageNet features are worth keeping. None = every pixel.
+        min_ratio: a feature pixel counts when one class covers this share of its label block.
+    """
+
+    weight: float = 0.005
+    classes: Optional[tuple[int, ...]] = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
+    min_ratio: float = 0.75
+
+
+#: DAFormer's feature distance (lambda 0.005 on the thing classes).
+DAFORMER_FEATURE_DISTANCE = FeatureDistance()
+#: DAFormer's strong augmentation of the mixed image.
+DAFORMER_MIX_PHOTOMETRIC = StrongAugmentation()
+
+torch.serialization.add_safe_globals([FeatureDistance, StrongAugmentation])
+
+
+class DAFormer(DACS):
+    """`L = L_sup + lambda_fd * L_fd + adaptation_weight * lambda_mix * L_mix`, EMA teacher.
+
+    Args:
+        lambda_mix: weight of the mixed-image loss (1).
+        ema_momentum: the teacher's largest EMA alpha (0.999).
+        teacher_bn: "train": the official teacher, never switched to evaluation: its BN layers
+            normalise with batch statistics, only dropout and drop-path are off; "eval": the
+            usual mean teacher (running statistics).
+        pseudo_confidence: teacher confidence that counts as sure in the target weight (0.968).
+        pseudo_weight_crop: (top, bottom) rows of a target crop whose pseudo-labels get weight
+            0 (15, 120 for 512-pixel crops of Cityscapes at 1024x512); pasted source pixels
+            keep weight 1.
+        classmix_ignore_label, class_choice: ClassMix's draw (official: "candidate" and
+            "per_batch", the classes of every source label of the batch).
+        mix_photometric: the strong augmentation of the mixed image (official: colour jitter of
+            strength 0.2 in 80 % of the batches, a Gaussian blur in 50 %).
+        feature_distance: the ImageNet feature distance; None switches it off.
+        evaluate: the network validation, test and predict use: "student" (official) or
+            "teacher" (the EMA).
+        segmenter, optim, loss_reduction, **kwargs: `UDAMethod` arguments, with DAFormer's
+            network, optimisation and mmseg's loss reduction as defaults.
+    """
+
+    progress_losses = ("seg", "mix", "feature_distance")
+
+    def __init__(self, lambda_mix: float = 1.0, ema_momentum: float = 0.999,
+                 teacher_bn: TeacherBN = "train", pseudo_confidence: float = 0.968,
+                 pseudo_weight_crop: tuple[int, int] = (15, 120),
+                 classmix_ignore_label: ClassMixIgnoreLabel = "candidate",
+                 class_choice: ClassChoice = "per_batch",
+                 mix_photometric: StrongAugmentation = DAFORMER_MIX_PHOTOMETRIC,
+                 feature_distance: Optional[FeatureDistance] = DAFORMER_FEATURE_DISTANCE,
+                 evaluate: Literal["student", "teacher"] = "student",
+                 segmenter: SegmenterFactory = EncoderDecoder,
+                 optim: OptimConfig = DAFORMER_OPTIM,
+                 loss_reduction: Literal["labelled", "all_pixels"] = "all_pixels",
+                 **kwargs) -> None:
+        if isinstance(mix_photometric, dict):
+            mix_photometric = StrongAugmentation(**mix_photometric)
+        super().__init__(lambda_mix=lambda_mix, ema_momentum=ema_momentum, teacher_bn=teacher_bn,
+                         pseudo_confidence=pseudo_confidence,
+                         classmix_ignore_label=classmix_ignore_label, class_choice=class_choice,
+                         mix_photometric=mix_photometric, segmenter=segmenter, optim=optim,
+                         loss_reduction=loss_reduction, **kwargs)
+        if evaluate not in ("student", "teacher"):
+            raise ValueError(f"model.init_args.evaluate must be 'student' or 'teacher', "
+                             f"got {evaluate!r}")
+        self.feature_distance: Optional[ImageNetFeatureDistance] = None
+        if feature_distance is not None:
+            settings = (FeatureDistance(**feature_distance) if isinstance(feature_distance, dict)
+                        else feature_distance)
+            try:
+                self.feature_distance = ImageNetFeatureDistance(
+                    self.imagenet_encoder(), settings.weight, settings.classes,
+                    settings.min_ratio, self.num_classes, self.ignore_index)
+            except ValueError as error:
+                raise ValueError(f"model.init_args.feature_distance: {error}") from None
+            if not self.weights_config.pretrained and not self.weights_config.init_checkpoint:
+                rank_zero_warn("DAFormer's feature distance keeps the encoder near its initial "
+                               "weights, but model.init_args.weights loads none (random "
+                               "initialisation): set weights.pretrained to ImageNet weights")
+
+    def imagenet_encoder(self) -> torch.nn.Module:
+        """The encoder with the initial (ImageNet) weights, which the feature distance copies."""
+        missing = [name for name in ("encoder", "encode", "decode")
+                   if not hasattr(self.segmenter, name)]
+        if missing:
+            raise ValueError(
+                f"model.init_args.feature_distance reads the encoder's stages, but "
+                f"{type(self.segmenter).__name__} has no {', '.join(missing)}: use "
+                "udaseg.models.EncoderDecoder as model.init_args.segmenter or set "
+                "model.init_args.feature_distance: null")
+        if self.fast_path.fused_forward:
+            raise ValueError("model.init_args.feature_distance needs the source forward's "
+                             "encoder stages, which fast_path.fused_forward does not keep: "
+                             "switch one of them off")
+        if not self.weights_config.init_checkpoint:
+            return self.segmenter.encoder
+        # A run that starts from trained weights (e.g. a source-only model) still keeps its
+        # features near ImageNet's, as officially, where the copy is built from the ImageNet file.
+        imagenet = build_segmenter(self.hparams.segmenter, self.num_classes)
+        initialize_segmenter(imagenet, dataclasses.replace(self.weights_config,
+                                                           init_checkpoint=None))
+        return imagenet.encoder
+
+    def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
+        if self.feature_distance is None:
+            _, losses, _ = self.supervised_step(source)
+        else:
+            # One source forward gives both the logits and the stages the distance reads.
+            features = self.segmenter.encode(source["image"])
+            outputs = self.segmenter.decode(features, tuple(source["image"].shape[-2:]))
+            losses = self.supervised_loss(outputs, source["label"])
+            losses["feature_distance"] = self.feature_distance(source["image"], features[-1],
+                                                               source["label"])
+            self.manual_backward(losses["seg"] + losses["feature_distance"])
+        # The official order: the source graph is freed before the teacher and the mix run.
+        mixed = self.class_mix.with_teacher(
+            self.teacher, source, target["image"], self.hparams.pseudo_confidence,
+            self.iteration_generator(MIX_STREAM), self.input_normalization)
+        top, bottom = self.hparams.pseudo_weight_crop
+        mixed = dataclasses.replace(mixed, pixel_weights=crop_pseudo_weight(
+            mixed.pixel_weights, mixed.source_mask, top, bottom))
+        losses.update(mixed.statistics())
+        losses["mix"] = mixed.loss(self.segmenter(mixed.images)[MAIN],
+                                   ignore_index=self.ignore_index)
+        self.manual_backward(self.adaptation_weight * self.hparams.lambda_mix * losses["mix"])
+        return losses
+
+    def step_optimizers(self, optimizers: list) -> None:
+        iteration = self.global_step
+        super(DACS, self).step_optimizers(optimizers)
+        # Officially the teacher follows at the start of the next iteration, with that
+        # iteration's alpha: after step 0 it takes half of the student, not all of it (DACS).
+        self.teacher.update(self.segmenter, iteration + 1)
+
+    def logits_at(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.hparams.evaluate == "teacher":
+            return upsample_logits(self.teacher(images)[MAIN], size,
+                                   getattr(self.segmenter, "align_corners", True))
+        return super().logits_at(images, size)
