@@ -5,7 +5,8 @@
 #      fp32 against the fast path (bf16-mixed / 16-mixed, channels_last, compile) for AdvEnt,
 #      CLAN and MaxSquare: seconds per iteration and peak allocated memory;
 #   2. fused forwards at equal crops (512x1024 both), frozen BN;
-#   3. the GPU-marked tests (AMP with each optimiser, DDP with NCCL on one GPU) if present.
+#   3. DAFormer (MiT-B5, 512x512 crops, batch 2 + 2), fp32 and bf16-mixed;
+#   4. the GPU-marked tests (AMP with each optimiser, DDP with NCCL on one GPU) if present.
 # Fused forwards need source and target of one size, so they are not in table 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,4 +19,7 @@ python benchmarks/train_step.py --method AdvEnt $PAPER --precision bf16-mixed \
   --channels-last on --compile off on
 python benchmarks/train_step.py --method AdvEnt --source 512 1024 --device cuda --warmup 3 \
   --iterations 10 --precision bf16-mixed --bn-stats frozen --channels-last on --fused off on
+# DAFormer at the paper's resolution: MiT-B5 + DAFormer head, 512x512 crops, 2 source + 2 target.
+python benchmarks/train_step.py --method DAFormer --segmenter-args '{}' --source 512 512 \
+  --batch-size 2 --device cuda --warmup 3 --iterations 10 --precision 32-true bf16-mixed
 python -m pytest -q -p no:cacheprovider tests/test_fast_path.py tests/test_ddp.py

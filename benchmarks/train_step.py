@@ -5,6 +5,8 @@ fast-path switches and device. Prints numbers; it is not a test.
     python benchmarks/train_step.py --method AdvEnt --source 720 1280 --target 512 1024 \
         --device cuda --precision bf16-mixed
     python benchmarks/train_step.py --method DACS
+    python benchmarks/train_step.py --method DAFormer --segmenter-args '{}' --source 512 512 \
+        --batch-size 2 --precision 32-true bf16-mixed    # MiT-B5 + DAFormer head
 
 Several values of `--precision`, `--bn-stats`, `--channels-last`, `--fused` or `--compile` run
 every combination, each in a fresh process (its own peak memory, nothing cached from another),
@@ -86,6 +88,20 @@ def random_batches(args: argparse.Namespace, num_classes: int):
                           "strong_image": torch.randn(args.batch_size, 3, *target_shape)}}
 
 
+class RandomBatches(pl.LightningDataModule):
+    """`random_batches` as a data module that declares ImageNet normalisation, which the
+    on-device photometric steps of DACS, DAFormer and TUFL read."""
+
+    normalization = "imagenet"
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__()
+        self.args = args
+
+    def train_dataloader(self):
+        return random_batches(self.args, self.args.num_classes)
+
+
 SWITCHES = ("precision", "bn_stats", "channels_last", "fused", "compile")
 
 
@@ -127,7 +143,10 @@ def measure(args: argparse.Namespace) -> dict:
              if "discriminator_width" in inspect.signature(method_class).parameters else {})
     segmenter_class = (resolve_class(args.segmenter, "--segmenter") if args.segmenter
                        else method_class.default_segmenter())
-    segmenter = functools.partial(segmenter_class, depth=args.depth, width=args.width)
+    # --segmenter-args replaces the ResNet's depth and width (networks without them, such as
+    # EncoderDecoder's MiT + DAFormer head).
+    segmenter = functools.partial(segmenter_class, **(
+        args.segmenter_args or {"depth": args.depth, "width": args.width}))
     if issubclass(method_class, methods.TUFL):   # no source set here to count classes on
         extra["class_weights"] = [1.0] * args.num_classes
     fast_path = FastPath(channels_last=args.channels_last == "on", fused_forward=args.fused == "on",
@@ -145,7 +164,7 @@ def measure(args: argparse.Namespace) -> dict:
                          enable_model_summary=False, limit_val_batches=0, callbacks=[timer])
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    trainer.fit(method, train_dataloaders=random_batches(args, args.num_classes))
+    trainer.fit(method, datamodule=RandomBatches(args))
     measured = timer.times[args.warmup:]
     if args.device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30
@@ -170,6 +189,10 @@ def main() -> None:
     parser.add_argument("--segmenter", default=None,
                         help="segmenter class path (default: the method's own, e.g. CLAN's "
                              "DualClassifierDeepLab); --depth/--width are passed to it")
+    parser.add_argument("--segmenter-args", type=json.loads, default=None,
+                        help="JSON of the segmenter's arguments instead of --depth/--width, "
+                             "e.g. EncoderDecoder's '{\"encoder\": {...}}' (default: its "
+                             "MiT-B5 + DAFormer head)")
     parser.add_argument("--depth", type=int, default=101, choices=[18, 34, 50, 101])
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--num-classes", type=int, default=19)
@@ -238,13 +261,17 @@ def passthrough(args: argparse.Namespace) -> list[str]:
         shared += ["--target", *map(str, args.target)]
     if args.segmenter:
         shared += ["--segmenter", args.segmenter]
+    if args.segmenter_args is not None:
+        shared += ["--segmenter-args", json.dumps(args.segmenter_args)]
     return shared
 
 
 def print_row(result: dict, baseline: dict, args: argparse.Namespace, header: bool) -> None:
     memory = "GPU GiB (allocated)" if args.device == "cuda" else "RSS GiB (process)"
     if header:
-        print(f"{args.method} {result['segmenter']} R{args.depth}/w{args.width} source "
+        network = (json.dumps(args.segmenter_args) if args.segmenter_args is not None
+                   else f"R{args.depth}/w{args.width}")
+        print(f"{args.method} {result['segmenter']} {network} source "
               f"{args.source} target {args.target or args.source} batch {args.batch_size} on "
               f"{args.device} ({result['threads']} threads); median of {args.iterations} "
               f"iterations after {args.warmup} warm-up")

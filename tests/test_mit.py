@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from udaseg.models import MixTransformer, WeightsError
-from udaseg.models.mit import VARIANTS
+from udaseg.models.mit import VARIANTS, SpatialReductionAttention
 from udaseg.models.weights import format_normalization, load_imagenet_init
 
 transformers = pytest.importorskip("transformers")
@@ -182,3 +182,31 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         sum(f.square().mean() for f in model(images)).backward()
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_bf16_attention_on_the_cpu_follows_the_float32_attention():
+    """Under CPU bf16 autocast the attention takes its matmul path (faster there than the fused
+    kernel): the same attention as the float32 kernel, to bf16 precision."""
+    torch.manual_seed(0)
+    attention = SpatialReductionAttention(64, num_heads=2, sr_ratio=4)
+    tokens = torch.randn(2, 16 * 16, 64)
+    reference = attention(tokens, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        approximate = attention(tokens, 16, 16)
+    assert approximate.dtype == torch.bfloat16
+    torch.testing.assert_close(approximate.float(), reference, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(
+        reference, attention.proj(torch.nn.functional.scaled_dot_product_attention(
+            *split_heads(attention, tokens, 16, 16)).transpose(1, 2).reshape(2, 256, 64)))
+
+
+def split_heads(attention: SpatialReductionAttention, tokens: torch.Tensor, height: int,
+                width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v of `attention` as (N, heads, L, d), written out step by step."""
+    batch, length, dim = tokens.shape
+    heads, head_dim = attention.num_heads, dim // attention.num_heads
+    grid = tokens.transpose(1, 2).reshape(batch, dim, height, width)
+    reduced = attention.norm(attention.sr(grid).flatten(2).transpose(1, 2))
+    q = attention.q(tokens).reshape(batch, length, heads, head_dim).transpose(1, 2)
+    k, v = attention.kv(reduced).reshape(batch, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+    return q, k, v

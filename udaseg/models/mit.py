@@ -130,7 +130,14 @@ class SpatialReductionAttention(nn.Module):
             source = self.norm(as_tokens(self.sr(channels_last_view(x, height, width))))
         kv = self.kv(source).unflatten(-1, (2, self.num_heads, head_dim))
         k, v = kv.unbind(2)
-        out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2))
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # On CPUs the bf16 fused kernel was slower than two matmuls around a softmax
+            # (benchmarks/mit_speed.py); elsewhere the fused kernel wins.
+            scores = (q * head_dim ** -0.5) @ k.transpose(-2, -1)
+            out = scores.softmax(dim=-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
 
 
