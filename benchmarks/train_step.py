@@ -146,7 +146,8 @@ def measure(args: argparse.Namespace) -> dict:
     # --segmenter-args replaces the ResNet's depth and width (networks without them, such as
     # EncoderDecoder's MiT + DAFormer head).
     segmenter = functools.partial(segmenter_class, **(
-        args.segmenter_args or {"depth": args.depth, "width": args.width}))
+        args.segmenter_args if args.segmenter_args is not None
+        else {"depth": args.depth, "width": args.width}))
     if issubclass(method_class, methods.TUFL):   # no source set here to count classes on
         extra["class_weights"] = [1.0] * args.num_classes
     fast_path = FastPath(channels_last=args.channels_last == "on", fused_forward=args.fused == "on",

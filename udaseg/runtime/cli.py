@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -429,6 +430,12 @@ def main(args: Optional[list[str]] = None) -> None:
         if arguments[:1] == ["report"]:       # `udaseg report RUN_DIR ...`: tables, figures
             report(arguments[1:])
             return
+        # Teachers and frozen copies (the EMA teacher outside its BN layers, the feature
+        # distance's ImageNet encoder) are in eval mode by design, which Lightning warns about.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        # Every method optimises manually; its checkpoints hold the state after the step, which
+        # is what resuming needs (Lightning prints a 12-line example otherwise).
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
         # Methods build their own optimisers (several, with poly LR): no --optimizer options.
         UDASegCLI(UDAMethod, UDADataModule, subclass_mode_model=True,
                   seed_everything_default=0, auto_configure_optimizers=False,
