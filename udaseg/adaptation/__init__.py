@@ -1,8 +1,9 @@
 """Training-time parts that methods are composed of, each owning its state and testable on its
 own: domain discriminators, a teacher (frozen or EMA), ClassMix and long-tail pasting, TUFL's
-threshold selection and two views, DAFormer's ImageNet feature distance, and the on-device batch
-augmentation they use."""
+threshold selection and two views, DAFormer's ImageNet feature distance, MIC's block masks, and
+the on-device batch augmentation they use."""
 
+from udaseg.adaptation.block_mask import BlockMask
 from udaseg.adaptation.class_mix import (
     DACS_MIX_PHOTOMETRIC,
     ClassMix,
@@ -18,6 +19,7 @@ from udaseg.adaptation.teacher import Teacher
 from udaseg.adaptation.thresholds import ThresholdSelection
 from udaseg.adaptation.two_views import TwoViews
 
-__all__ = ["ClassMix", "DACS_MIX_PHOTOMETRIC", "DomainDiscriminators", "ImageNetFeatureDistance",
-           "LongTailPasting", "MixedBatch", "PseudoLabels", "StrongAugmentation", "Teacher",
-           "ThresholdSelection", "TwoViews", "teacher_pseudo_labels"]
+__all__ = ["BlockMask", "ClassMix", "DACS_MIX_PHOTOMETRIC", "DomainDiscriminators",
+           "ImageNetFeatureDistance", "LongTailPasting", "MixedBatch", "PseudoLabels",
+           "StrongAugmentation", "Teacher", "ThresholdSelection", "TwoViews",
+           "teacher_pseudo_labels"]
