@@ -466,9 +466,14 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         self._deferred_backward.add(loss)
 
     # ----------------------------------------------------------------- evaluation
+    def evaluation_network(self) -> nn.Module:
+        """The network validation, test and predict run: the segmenter (a method may evaluate
+        its teacher instead)."""
+        return self.segmenter
+
     def logits_at(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Main-classifier logits of `images` upsampled to `size`: one network pass."""
-        return upsample_logits(self.segmenter(images)[MAIN], size,
+        return upsample_logits(self.evaluation_network()(images)[MAIN], size,
                                getattr(self.segmenter, "align_corners", True))
 
     def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -15,6 +15,8 @@ run in train mode); ClassMix draws among the label's values, the ignore label in
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from udaseg.adaptation.batch_augment import ClassMixIgnoreLabel, MixPhotometric
@@ -43,6 +45,10 @@ class DACS(UDAMethod):
     """
 
     progress_losses = ("seg", "mix")
+
+    #: The EMA alpha after the student's step at iteration t is alpha(t + offset): DACS 0
+    #: (after step 0 the teacher is the student).
+    teacher_alpha_offset: ClassVar[int] = 0
 
     def __init__(self, lambda_mix: float = 1.0, ema_momentum: float = 0.99,
                  teacher_bn: TeacherBN = "train", pseudo_confidence: float = 0.968,
@@ -76,4 +82,4 @@ class DACS(UDAMethod):
     def step_optimizers(self, optimizers: list) -> None:
         iteration = self.global_step
         super().step_optimizers(optimizers)
-        self.teacher.update(self.segmenter, iteration)
+        self.teacher.update(self.segmenter, iteration + self.teacher_alpha_offset)

@@ -33,7 +33,7 @@ from udaseg.adaptation.class_mix import MIX_STREAM, ClassChoice
 from udaseg.adaptation.feature_distance import ImageNetFeatureDistance
 from udaseg.adaptation.strong_augment import StrongAugmentation
 from udaseg.adaptation.teacher import TeacherBN
-from udaseg.losses import crop_pseudo_weight, upsample_logits
+from udaseg.losses import crop_pseudo_weight
 from udaseg.methods.dacs import DACS
 from udaseg.methods.optim import OptimConfig
 from udaseg.models import (
@@ -101,6 +101,9 @@ class DAFormer(DACS):
     """
 
     progress_losses = ("seg", "mix", "feature_distance")
+    # Officially the teacher follows at the start of the next iteration, with that iteration's
+    # alpha: after step 0 it takes half of the student, not all of it (DACS).
+    teacher_alpha_offset = 1
 
     def __init__(self, lambda_mix: float = 1.0, ema_momentum: float = 0.999,
                  teacher_bn: TeacherBN = "train", pseudo_confidence: float = 0.968,
@@ -186,15 +189,5 @@ class DAFormer(DACS):
         self.manual_backward(self.adaptation_weight * self.hparams.lambda_mix * losses["mix"])
         return losses
 
-    def step_optimizers(self, optimizers: list) -> None:
-        iteration = self.global_step
-        super(DACS, self).step_optimizers(optimizers)
-        # Officially the teacher follows at the start of the next iteration, with that
-        # iteration's alpha: after step 0 it takes half of the student, not all of it (DACS).
-        self.teacher.update(self.segmenter, iteration + 1)
-
-    def logits_at(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if self.hparams.evaluate == "teacher":
-            return upsample_logits(self.teacher(images)[MAIN], size,
-                                   getattr(self.segmenter, "align_corners", True))
-        return super().logits_at(images, size)
+    def evaluation_network(self) -> torch.nn.Module:
+        return self.teacher if self.hparams.evaluate == "teacher" else self.segmenter
