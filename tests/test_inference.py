@@ -50,6 +50,24 @@ def test_overlapping_windows_of_a_pixelwise_network_equal_the_whole_image():
 
 
 @torch.no_grad()
+def test_stitched_windows_are_resized_to_the_label_as_the_network_resizes():
+    """Windows over a 12x20 input, evaluated against 24x40 labels: the stitched logits are
+    resized with the network's align_corners (mmseg's False, DeepLabV2's True)."""
+    options = Inference(window=(12, 20))
+    for align_corners in (False, True):
+        def logits_at(images, size, corners=align_corners):
+            return F.interpolate(CONTEXT(images), size=size, mode="bilinear",
+                                 align_corners=corners)
+        expected = F.interpolate(CONTEXT(IMAGES), size=(24, 40), mode="bilinear",
+                                 align_corners=align_corners)
+        assert torch.allclose(infer_logits(logits_at, IMAGES, (24, 40), options, align_corners),
+                              expected, atol=1e-6)
+    assert not torch.allclose(
+        infer_logits(at(CONTEXT), IMAGES, (24, 40), options, align_corners=False),
+        F.interpolate(CONTEXT(IMAGES), size=(24, 40), mode="bilinear", align_corners=True))
+
+
+@torch.no_grad()
 def test_windows_average_the_logits_where_they_overlap():
     """Two windows of width 12 over 20 columns: columns 8-11 are the mean of both."""
     images = torch.randn(1, 3, 6, 20)

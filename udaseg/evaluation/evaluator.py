@@ -47,10 +47,11 @@ class SegmentationEvaluator(nn.Module):
         self.matrices: dict[str, list[list[int]]] = {}
 
     def predict(self, logits_at: LogitsFunction, images: torch.Tensor,
-                size: tuple[int, int]) -> torch.Tensor:
+                size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
         """(N, C, *size) logits of `images` under the test-time options; `logits_at(images,
-        size)` is one network pass at that size."""
-        return infer_logits(logits_at, images, size, self.inference)
+        size)` is one network pass at that size, resized with `align_corners` as
+        `infer_logits` resizes stitched windows."""
+        return infer_logits(logits_at, images, size, self.inference, align_corners)
 
     def process(self, stage: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Count one batch: (N, C, H, W) logits against (N, H, W) labels."""

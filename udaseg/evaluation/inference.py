@@ -82,8 +82,10 @@ def sliding_window_logits(logits_at: LogitsFunction, images: torch.Tensor,
 
 
 def infer_logits(logits_at: LogitsFunction, images: torch.Tensor, size: tuple[int, int],
-                 options: Inference) -> torch.Tensor:
-    """(N, C, *size) logits of `images` under `options` (see the module docstring)."""
+                 options: Inference, align_corners: bool = True) -> torch.Tensor:
+    """(N, C, *size) logits of `images` under `options` (see the module docstring);
+    `align_corners`: how the sliding windows' stitched logits are resized to `size`, as the
+    network's own resize (`Segmenter.align_corners`: mmseg's networks use False)."""
     views = []
     for scale in options.scales:
         scaled = images
@@ -100,7 +102,8 @@ def infer_logits(logits_at: LogitsFunction, images: torch.Tensor, size: tuple[in
                 stride = options.stride or tuple(max(1, side * 2 // 3)
                                                  for side in options.window)
                 logits = upsample_logits(
-                    sliding_window_logits(logits_at, view, options.window, stride), size)
+                    sliding_window_logits(logits_at, view, options.window, stride), size,
+                    align_corners)
             views.append(logits.flip(-1) if flipped else logits)
     if len(views) == 1:
         return views[0]

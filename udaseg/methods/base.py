@@ -474,11 +474,18 @@ class UDAMethod(pl.LightningModule, abc.ABC):
     def logits_at(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Main-classifier logits of `images` upsampled to `size`: one network pass."""
         return upsample_logits(self.evaluation_network()(images)[MAIN], size,
-                               getattr(self.segmenter, "align_corners", True))
+                               self.logits_align_corners)
+
+    @property
+    def logits_align_corners(self) -> bool:
+        """How logits are resized for evaluation: the segmenter's `align_corners` (True for
+        networks that do not say, as the DeepLabV2 UDA code)."""
+        return getattr(self.segmenter, "align_corners", True)
 
     def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Logits at `size` (the label resolution in evaluation) under the test-time options."""
-        return self.evaluator.predict(self.logits_at, self.fast_path.layout(images), size)
+        return self.evaluator.predict(self.logits_at, self.fast_path.layout(images), size,
+                                      self.logits_align_corners)
 
     @torch.no_grad()
     def average_bn_statistics(self) -> None:
