@@ -119,7 +119,7 @@ def test_built_in_benchmark_uses_version_2_scenes_and_the_imagenet_lite_network(
     assert_scene_version(data, name, 2)
     assert data["normalization"] == "signed"
     model = resolved["model"]["init_args"]
-    if name == "daformer.yaml":   # the Lite0 encoder under the DAFormer head
+    if name in ("daformer.yaml", "mic_daformer.yaml"):   # Lite0 under the DAFormer head
         assert model["segmenter"]["class_path"] == "udaseg.models.EncoderDecoder"
         assert model["segmenter"]["init_args"]["encoder"]["class_path"] == \
             "udaseg.models.EfficientNetLiteEncoder"

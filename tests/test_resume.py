@@ -22,6 +22,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from tests.helpers import REPO, fit, run_dir, tiny_data, tiny_method, write_config
+from udaseg.adaptation import MaskedImageConsistency
 from udaseg.data import Augmentation, InfiniteShardedSampler, RareClassSampler, RareClassSampling
 from udaseg.data.photometric import StrongView
 from udaseg.methods import CIM, DACS, TUFL, AdvEnt, DAFormer
@@ -68,11 +69,15 @@ METHODS = {
     "tufl": (functools.partial(tiny_method, TUFL, bn_stats="batch"),
              {"target_strong_view": StrongView()}),
     "dacs": (functools.partial(tiny_method, DACS), {}),
+    # MIC's own EMA teacher and its generator stream, on a method without a teacher.
+    "mic_advent": (functools.partial(tiny_method, AdvEnt,
+                                     mic=MaskedImageConsistency(block_size=8)), {}),
     # DAFormer on MiT-B0 (drop-path draws from the global RNG): teacher, alpha ramp, the frozen
     # ImageNet copy, AdamW's moments, rare class sampling with re-drawn crops, category-capped
-    # source crops.
+    # source crops, MIC's masks.
     "daformer": (functools.partial(
         tiny_method, DAFormer, feature_distance=FeatureDistance(classes=(5, 6, 8)),
+        mic=MaskedImageConsistency(block_size=8),
         segmenter=functools.partial(
             EncoderDecoder,
             encoder={"class_path": "udaseg.models.MixTransformer", "init_args": {"variant": "b0"}},

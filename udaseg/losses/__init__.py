@@ -25,6 +25,7 @@ from udaseg.losses.consistency import (
     unsupervised_focal_loss,
 )
 from udaseg.losses.feature_distance import downscale_label_ratio, masked_feature_distance
+from udaseg.losses.hrda import MultiResolutionLoss, multi_resolution_loss
 from udaseg.losses.maxsquare import iw_maxsquare_loss, maxsquare_loss, self_produced_guidance
 from udaseg.losses.mixing import (
     confidence_fraction,
@@ -34,6 +35,7 @@ from udaseg.losses.mixing import (
 )
 
 __all__ = [
+    "MultiResolutionLoss",
     "adaptive_thresholds",
     "bce_with_constant",
     "class_balance_weights",
@@ -54,6 +56,7 @@ __all__ = [
     "masked_feature_distance",
     "maxsquare_loss",
     "mixed_pixel_weights",
+    "multi_resolution_loss",
     "pixel_weighted_cross_entropy",
     "segmentation_cross_entropy",
     "self_produced_guidance",

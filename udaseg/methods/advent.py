@@ -11,8 +11,11 @@ Official-code choices (docs/methods/advent.md):
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
+from udaseg.adaptation.masked_consistency import MaskedImageConsistency, masked_consistency_teacher
 from udaseg.losses import entropy_loss, entropy_map, level_probabilities
 from udaseg.methods.adversarial import OutputSpaceAdversarial
 from udaseg.methods.base import UDAMethod
@@ -25,14 +28,17 @@ class MinEnt(UDAMethod):
 
     Args:
         lambda_ent_main / lambda_ent_aux: entropy weights (paper: 1e-3 and 2e-4).
+        mic: MIC's masked image consistency, with an EMA teacher of its own (`self.teacher`)
+            for the pseudo-labels; None (default) leaves it out.
         **kwargs: `UDAMethod` arguments.
     """
 
-    progress_losses = ("seg", "ent_main")
+    progress_losses = ("seg", "ent_main", "masked")
 
     def __init__(self, lambda_ent_main: float = 1e-3, lambda_ent_aux: float = 2e-4,
-                 **kwargs) -> None:
+                 mic: Optional[MaskedImageConsistency] = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.mic, self.teacher = masked_consistency_teacher(mic, self.segmenter)
 
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
         _, losses, (target_outputs,) = self.supervised_step(source, target["image"])
@@ -43,6 +49,8 @@ class MinEnt(UDAMethod):
             entropy_total = (entropy_total
                              + self.hparams[f"lambda_ent_{level}"] * losses[f"ent_{level}"])
         self.manual_backward(self.adaptation_weight * entropy_total)
+        if self.mic is not None:
+            losses.update(self.teacher_masked_consistency_step(source, target["image"]))
         return losses
 
 

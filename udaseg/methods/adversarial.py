@@ -6,9 +6,12 @@ AdvEnt feeds entropy maps; Conservative Loss replaces the source loss.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from udaseg.adaptation.discriminators import DomainDiscriminators
+from udaseg.adaptation.masked_consistency import MaskedImageConsistency, masked_consistency_teacher
 from udaseg.losses import level_probabilities
 from udaseg.methods.base import UDAMethod
 from udaseg.models import AUX, MAIN, SegmenterOutput
@@ -30,16 +33,21 @@ class OutputSpaceAdversarial(UDAMethod):
         lambda_adv_main / lambda_adv_aux: adversarial weights (1e-3 and 2e-4 in AdaptSegNet and
             ADVENT).
         discriminator_width: channels of the first discriminator conv (64 officially).
+        mic: MIC's masked image consistency after the adversarial loss (discriminators
+            untouched), with an EMA teacher of its own (`self.teacher`); None (default) leaves
+            it out.
         **kwargs: `UDAMethod` arguments.
     """
 
-    progress_losses = ("seg", "adv_main", "disc_main")
+    progress_losses = ("seg", "adv_main", "disc_main", "masked")
 
     def __init__(self, lambda_adv_main: float = 1e-3, lambda_adv_aux: float = 2e-4,
-                 discriminator_width: int = 64, **kwargs) -> None:
+                 discriminator_width: int = 64,
+                 mic: Optional[MaskedImageConsistency] = None, **kwargs) -> None:
         super().__init__(**kwargs)
         levels = [level for level in (MAIN, AUX) if level in self.segmenter.heads]
         self.discriminators = DomainDiscriminators(levels, self.num_classes, discriminator_width)
+        self.mic, self.teacher = masked_consistency_teacher(mic, self.segmenter)
 
     def discriminator_input(self, probability: torch.Tensor) -> torch.Tensor:
         """The map a discriminator sees, from a (N, C, H, W) softmax; the softmax itself here."""
@@ -61,6 +69,8 @@ class OutputSpaceAdversarial(UDAMethod):
                 weight = self.hparams[f"lambda_adv_{level}"]
                 adversarial_total = adversarial_total + weight * losses[f"adv_{level}"]
             self.manual_backward(self.adaptation_weight * adversarial_total)
+            if self.mic is not None:
+                losses.update(self.teacher_masked_consistency_step(source, target["image"]))
         with torch.no_grad():  # the discriminators see detached maps only
             source_maps = self.level_maps(source_outputs, tuple(source["image"].shape[-2:]))
         losses.update(self.discriminators.train_on(source_maps, target_maps, self.manual_backward,

@@ -32,7 +32,14 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from udaseg.adaptation.batch_augment import iteration_generator
+from udaseg.adaptation.class_mix import teacher_pseudo_labels
 from udaseg.adaptation.discriminators import DomainDiscriminators
+from udaseg.adaptation.masked_consistency import (
+    MIC_STREAM,
+    MaskedImageConsistency,
+    pseudo_weight_map,
+)
+from udaseg.adaptation.photometric import require_input_normalization
 from udaseg.adaptation.teacher import Teacher
 from udaseg.evaluation.evaluator import SegmentationEvaluator
 from udaseg.evaluation.inference import Inference
@@ -115,6 +122,12 @@ class UDAMethod(pl.LightningModule, abc.ABC):
     reads_target: ClassVar[bool] = True
     #: Loss terms (keys of `adaptation_step`'s dict) shown on the progress bar; all are logged.
     progress_losses: ClassVar[tuple[str, ...]] = ("seg",)
+    #: After the segmenter's step at iteration t an EMA teacher takes alpha(t + offset): 1 as
+    #: in mmseg-based code (DAFormer, MIC), where the teacher follows at the start of the next
+    #: iteration with that iteration's alpha; DACS's own code uses 0.
+    teacher_alpha_offset: ClassVar[int] = 1
+    #: MIC's masked image consistency, for the methods that take a `mic` argument.
+    mic: Optional[MaskedImageConsistency] = None
 
     def __init__(
         self,
@@ -231,10 +244,17 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         self.train()
         self.augmentation_seed = torch.initial_seed()
         self.input_normalization = getattr(self.trainer.datamodule, "normalization", None)
+        if self.mic is not None and self.mic.augments:
+            require_input_normalization(self.input_normalization, ["mic"],
+                                        self.trainer.datamodule)
+
+    def teachers(self) -> list[Teacher]:
+        """The method's teachers (`udaseg.adaptation.Teacher` components)."""
+        return [child for child in self.children() if isinstance(child, Teacher)]
 
     def teacher_networks(self) -> list[nn.Module]:
         """The networks of the method's teachers (`udaseg.adaptation.Teacher` components)."""
-        return [child.network for child in self.children() if isinstance(child, Teacher)]
+        return [teacher.network for teacher in self.teachers()]
 
     def networks(self) -> list[nn.Module]:
         """Every network of the method: the segmenter, the discriminators and a teacher's."""
@@ -284,7 +304,9 @@ class UDAMethod(pl.LightningModule, abc.ABC):
 
     def step_optimizers(self, optimizers: list) -> None:
         """Step the segmenter (counted as one iteration) and then every discriminator; an fp16
-        gradient scaler is updated once, after all of them (`one_scaler_update`)."""
+        gradient scaler is updated once, after all of them (`one_scaler_update`). Then every
+        teacher follows the new segmenter (`teacher_alpha_offset`; frozen ones stay)."""
+        iteration = self.global_step
         segmenter_optimizer, *discriminator_optimizers = optimizers
         with one_scaler_update(self.trainer.precision_plugin):
             segmenter_optimizer.step()
@@ -292,6 +314,8 @@ class UDAMethod(pl.LightningModule, abc.ABC):
                 # Through the strategy, so AMP unscaling applies, but not counted as a step.
                 self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None,
                                                      model=self)
+        for teacher in self.teachers():
+            teacher.update(self.segmenter, iteration + self.teacher_alpha_offset)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # The precision plugin calls this after AMP unscaling: a clip before `.step()` would
@@ -393,6 +417,29 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         if not self.fast_path.fused_forward:
             others = [self.segmenter(batch) for batch in images]
         return outputs, losses, others
+
+    def masked_consistency_step(self, source: dict, target_images: torch.Tensor,
+                                pseudo_labels: torch.Tensor,
+                                pseudo_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """MIC (`self.mic`): the student's loss on the masked batch built from the teacher's
+        (N, H, W) `pseudo_labels` and `pseudo_weights` of `target_images`, backward with
+        weight `adaptation_weight * lambda_mic`; returns {"masked": L_mic} for logging."""
+        masked = self.mic.masked_batch(source, target_images, pseudo_labels, pseudo_weights,
+                                       self.iteration_generator(MIC_STREAM),
+                                       self.input_normalization)
+        loss = masked.loss(self.segmenter(masked.images)[MAIN], self.ignore_index,
+                           self.logits_align_corners)
+        self.manual_backward(self.adaptation_weight * self.mic.weight * loss)
+        return {"masked": loss}
+
+    def teacher_masked_consistency_step(self, source: dict,
+                                        target_images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """MIC in a method without self-training of its own (MinEnt, AdvEnt): the pseudo-labels
+        come from MIC's EMA teacher (`self.teacher`), weighted by its confidence share."""
+        pseudo = teacher_pseudo_labels(self.teacher, target_images, self.mic.pseudo_confidence)
+        return self.masked_consistency_step(
+            source, target_images, pseudo.labels,
+            pseudo_weight_map(pseudo.confidence_weight, tuple(pseudo.labels.shape)))
 
     def source_pixel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of one level's (N, C, h, w) logits against (N, H, W) labels: cross-entropy,

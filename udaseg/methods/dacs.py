@@ -15,12 +15,24 @@ run in train mode); ClassMix draws among the label's values, the ignore label in
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 
 from udaseg.adaptation.batch_augment import ClassMixIgnoreLabel, MixPhotometric
-from udaseg.adaptation.class_mix import DACS_MIX_PHOTOMETRIC, MIX_STREAM, ClassChoice, ClassMix
+from udaseg.adaptation.class_mix import (
+    DACS_MIX_PHOTOMETRIC,
+    MIX_STREAM,
+    ClassChoice,
+    ClassMix,
+    PseudoLabels,
+    teacher_pseudo_labels,
+)
+from udaseg.adaptation.masked_consistency import (
+    MaskedImageConsistency,
+    as_masked_consistency,
+    pseudo_weight_map,
+)
 from udaseg.adaptation.photometric import require_input_normalization
 from udaseg.adaptation.teacher import Teacher, TeacherBN
 from udaseg.methods.base import UDAMethod
@@ -41,10 +53,12 @@ class DACS(UDAMethod):
             (half of the classes of every source label of the batch; DAFormer's code).
         mix_photometric: augmentation of the mixed image on the device (DACS's colour jitter
             and blur); needs `data.normalization`.
+        mic: MIC's masked image consistency on the teacher's pseudo-labels (`L +=
+            lambda_mic * L_mic`); None (default) leaves it out.
         **kwargs: `UDAMethod` arguments.
     """
 
-    progress_losses = ("seg", "mix")
+    progress_losses = ("seg", "mix", "masked")
 
     #: The EMA alpha after the student's step at iteration t is alpha(t + offset): DACS 0
     #: (after step 0 the teacher is the student).
@@ -54,13 +68,15 @@ class DACS(UDAMethod):
                  teacher_bn: TeacherBN = "train", pseudo_confidence: float = 0.968,
                  classmix_ignore_label: ClassMixIgnoreLabel = "never",
                  class_choice: ClassChoice = "per_image",
-                 mix_photometric: MixPhotometric = DACS_MIX_PHOTOMETRIC, **kwargs) -> None:
+                 mix_photometric: MixPhotometric = DACS_MIX_PHOTOMETRIC,
+                 mic: Optional[MaskedImageConsistency] = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.teacher = Teacher(self.segmenter, "ema", ema_momentum, teacher_bn)
         self.class_mix = ClassMix(self.ignore_index, classmix_ignore_label,
                                   MixPhotometric(**mix_photometric)
                                   if isinstance(mix_photometric, dict) else mix_photometric,
                                   class_choice=class_choice)
+        self.mic = as_masked_consistency(mic)
 
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -70,16 +86,23 @@ class DACS(UDAMethod):
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
         # The mix needs only the teacher and its own generator, so it is built first and can
         # share the source forward (fused path).
-        mixed = self.class_mix.with_teacher(
-            self.teacher, source, target["image"], self.hparams.pseudo_confidence,
-            self.iteration_generator(MIX_STREAM), self.input_normalization)
+        target_images, pseudo = self.pseudo_labels(source, target)
+        mixed = self.class_mix(source, target_images, pseudo,
+                               self.iteration_generator(MIX_STREAM), self.input_normalization)
         _, losses, (mixed_outputs,) = self.supervised_step(source, mixed.images)
         losses.update(mixed.statistics())
         losses["mix"] = mixed.loss(mixed_outputs[MAIN], ignore_index=self.ignore_index)
         self.manual_backward(self.adaptation_weight * self.hparams.lambda_mix * losses["mix"])
+        if self.mic is not None:
+            losses.update(self.masked_consistency_step(
+                source, target_images, pseudo.labels,
+                pseudo_weight_map(pseudo.confidence_weight, tuple(pseudo.labels.shape))))
         return losses
 
-    def step_optimizers(self, optimizers: list) -> None:
-        iteration = self.global_step
-        super().step_optimizers(optimizers)
-        self.teacher.update(self.segmenter, iteration + self.teacher_alpha_offset)
+    def pseudo_labels(self, source: dict, target: dict) -> tuple[torch.Tensor, PseudoLabels]:
+        """The target images paired with the source batch and the teacher's labels of them,
+        which the mix and MIC share."""
+        target_images = target["image"][:source["image"].shape[0]]
+        return target_images, teacher_pseudo_labels(self.teacher, target_images,
+                                                     self.hparams.pseudo_confidence)
+

@@ -31,6 +31,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from udaseg.adaptation.batch_augment import ClassMixIgnoreLabel
 from udaseg.adaptation.class_mix import MIX_STREAM, ClassChoice
 from udaseg.adaptation.feature_distance import ImageNetFeatureDistance
+from udaseg.adaptation.masked_consistency import MaskedImageConsistency, pseudo_weight_map
 from udaseg.adaptation.strong_augment import StrongAugmentation
 from udaseg.adaptation.teacher import TeacherBN
 from udaseg.losses import crop_pseudo_weight
@@ -96,11 +97,14 @@ class DAFormer(DACS):
         feature_distance: the ImageNet feature distance; None switches it off.
         evaluate: the network validation, test and predict use: "student" (official) or
             "teacher" (the EMA).
+        mic: MIC's masked image consistency (`udaseg.adaptation.MaskedImageConsistency`;
+            MIC(DAFormer) takes 32-pixel blocks at DAFormer's half resolution); None (default)
+            leaves it out.
         segmenter, optim, loss_reduction, **kwargs: `UDAMethod` arguments, with DAFormer's
             network, optimisation and mmseg's loss reduction as defaults.
     """
 
-    progress_losses = ("seg", "mix", "feature_distance")
+    progress_losses = ("seg", "mix", "feature_distance", "masked")
     # Officially the teacher follows at the start of the next iteration, with that iteration's
     # alpha: after step 0 it takes half of the student, not all of it (DACS).
     teacher_alpha_offset = 1
@@ -113,6 +117,7 @@ class DAFormer(DACS):
                  mix_photometric: StrongAugmentation = DAFORMER_MIX_PHOTOMETRIC,
                  feature_distance: Optional[FeatureDistance] = DAFORMER_FEATURE_DISTANCE,
                  evaluate: Literal["student", "teacher"] = "student",
+                 mic: Optional[MaskedImageConsistency] = None,
                  segmenter: SegmenterFactory = EncoderDecoder,
                  optim: OptimConfig = DAFORMER_OPTIM,
                  loss_reduction: Literal["labelled", "all_pixels"] = "all_pixels",
@@ -122,7 +127,8 @@ class DAFormer(DACS):
         super().__init__(lambda_mix=lambda_mix, ema_momentum=ema_momentum, teacher_bn=teacher_bn,
                          pseudo_confidence=pseudo_confidence,
                          classmix_ignore_label=classmix_ignore_label, class_choice=class_choice,
-                         mix_photometric=mix_photometric, segmenter=segmenter, optim=optim,
+                         mix_photometric=mix_photometric, mic=mic, segmenter=segmenter,
+                         optim=optim,
                          loss_reduction=loss_reduction, **kwargs)
         if evaluate not in ("student", "teacher"):
             raise ValueError(f"model.init_args.evaluate must be 'student' or 'teacher', "
@@ -177,9 +183,9 @@ class DAFormer(DACS):
                                                                source["label"])
             self.manual_backward(losses["seg"] + losses["feature_distance"])
         # The official order: the source graph is freed before the teacher and the mix run.
-        mixed = self.class_mix.with_teacher(
-            self.teacher, source, target["image"], self.hparams.pseudo_confidence,
-            self.iteration_generator(MIX_STREAM), self.input_normalization)
+        target_images, pseudo = self.pseudo_labels(source, target)
+        mixed = self.class_mix(source, target_images, pseudo,
+                               self.iteration_generator(MIX_STREAM), self.input_normalization)
         top, bottom = self.hparams.pseudo_weight_crop
         mixed = dataclasses.replace(mixed, pixel_weights=crop_pseudo_weight(
             mixed.pixel_weights, mixed.source_mask, top, bottom))
@@ -187,6 +193,12 @@ class DAFormer(DACS):
         losses["mix"] = mixed.loss(self.segmenter(mixed.images)[MAIN],
                                    ignore_index=self.ignore_index)
         self.manual_backward(self.adaptation_weight * self.hparams.lambda_mix * losses["mix"])
+        if self.mic is not None:
+            # MIC weighs the pseudo-labels as the mix does, pseudo-label crop included.
+            losses.update(self.masked_consistency_step(
+                source, target_images, pseudo.labels,
+                pseudo_weight_map(pseudo.confidence_weight, tuple(pseudo.labels.shape),
+                                  top, bottom)))
         return losses
 
     def evaluation_network(self) -> torch.nn.Module:

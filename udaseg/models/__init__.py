@@ -11,6 +11,7 @@ from udaseg.models.efficientnet_lite import (
 )
 from udaseg.models.encoder_decoder import EncoderDecoder
 from udaseg.models.heads import DAFormerHead, SegFormerHead
+from udaseg.models.hrda import HRDA, MultiResolutionOutput
 from udaseg.models.mit import MixTransformer
 from udaseg.models.resnet import ResNetBackbone
 from udaseg.models.segmenter import (
@@ -43,8 +44,10 @@ __all__ = [
     "EfficientNetLiteEncoder",
     "EncoderDecoder",
     "FCDiscriminator",
+    "HRDA",
     "MAIN",
     "MixTransformer",
+    "MultiResolutionOutput",
     "ResNetBackbone",
     "SegFormerHead",
     "Segmenter",
