@@ -6,7 +6,8 @@ crops of one size, TUFL a strong target view, ...).
 
 What would take minutes shrinks, and nothing else changes: the DeepLab networks get ResNet depth
 18 and width 8 (their class and other arguments stay), crop and resize sizes are scaled by one
-factor per config (equal sizes stay equal) to at most 96 pixels, the datasets are a few images in
+factor per config (equal sizes stay equal) to at most 96 pixels (HRDA's crops to 64, with its
+detail crop), the datasets are a few images in
 each published layout (tests/helpers.py) or 8 built-in scenes per split, trained checkpoints are
 stand-ins (the freshly built network's own weights, written where the config's file would be
 read) and an ImageNet file the repository does not ship is left out (the installed
@@ -114,6 +115,12 @@ class SmallBuild(cli.UDASegCLI):
         sides = [side for augmentation in streams for key in ("resize", "crop")
                  for side in augmentation[key] or ()]
         factor = min(1.0, LARGEST_SIDE / max(sides)) if sides else 1.0
+        if "detail_crop" in segmenter:
+            # HRDA: the half-resolution context view of a crop and the detail crop must keep
+            # MiT's 29 pixels a side: crops of 64.
+            crops = [side for augmentation in streams for side in augmentation["crop"] or ()]
+            factor = max(factor, 64 / max(crops))
+            segmenter.detail_crop = tuple(round(side * factor) for side in segmenter.detail_crop)
         for augmentation in (*streams, data.eval_augmentation):
             scaled(augmentation, factor)
         if data.get("rare_class_sampling") is not None:

@@ -19,7 +19,7 @@ from tests.helpers import (
     tiny_method,
     tiny_segmenter,
 )
-from udaseg.adaptation.class_mix import MixedBatch
+from udaseg.adaptation.class_mix import ClassMix
 from udaseg.methods import DAFormer
 from udaseg.methods.daformer import DAFORMER_OPTIM, FeatureDistance
 from udaseg.models import DeepLabV2, EncoderDecoder, SegmenterWeights
@@ -83,16 +83,22 @@ def test_teacher_in_training_uses_batch_statistics_without_dropout_or_drop_path(
 def test_pseudo_label_crop_zeroes_the_rows_of_target_pixels_only():
     # Every pixel counts as confident: target pixels outside the band keep weight 1.
     method = daformer(pseudo_weight_crop=(3, 5), pseudo_confidence=0.0)
-    seen = []
-    original = MixedBatch.loss
+    masks, seen = [], []
+    mix, weighted_loss = ClassMix.__call__, DAFormer.weighted_loss
 
-    def spy(self, *args, **kwargs):
-        seen.append((self.pixel_weights.clone(), self.source_mask.clone()))
-        return original(self, *args, **kwargs)
+    def spy_mix(self, *args, **kwargs):
+        mixed = mix(self, *args, **kwargs)
+        masks.append(mixed.source_mask.clone())
+        return mixed
 
-    with mock.patch.object(MixedBatch, "loss", spy):
+    def spy_loss(self, images, labels, pixel_weights):
+        seen.append(pixel_weights.clone())
+        return weighted_loss(self, images, labels, pixel_weights)
+
+    with mock.patch.object(ClassMix, "__call__", spy_mix), \
+            mock.patch.object(DAFormer, "weighted_loss", spy_loss):
         fit(method, steps=1)
-    (weights, source_mask), = seen
+    (weights,), (source_mask,) = seen, masks
     band = torch.zeros(weights.shape[-2], dtype=torch.bool)
     band[:3] = band[-5:] = True
     target_band = band[None, :, None] & ~source_mask

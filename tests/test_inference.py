@@ -80,6 +80,23 @@ def test_windows_average_the_logits_where_they_overlap():
 
 
 @torch.no_grad()
+def test_batched_windows_equal_windows_one_at_a_time():
+    calls = []
+
+    def counted(images, size):
+        calls.append(images.shape[0])
+        return at(CONTEXT)(images, size)
+
+    options = Inference(window=(5, 8), stride=(3, 5))
+    one_by_one = infer_logits(counted, IMAGES, (12, 20), options)
+    windows = len(calls)
+    batched = infer_logits(counted, IMAGES, (12, 20),
+                           Inference(window=(5, 8), stride=(3, 5), batch_windows=True))
+    assert calls[windows:] == [2 * windows] and windows == 4 * 4
+    assert torch.allclose(batched, one_by_one, atol=1e-6)
+
+
+@torch.no_grad()
 def test_flip_averages_the_probabilities_of_both_views():
     flipped = infer_logits(at(CONTEXT), IMAGES, (12, 20), Inference(flip=True))
     expected = (F.softmax(CONTEXT(IMAGES), 1) + F.softmax(CONTEXT(IMAGES.flip(-1)), 1).flip(-1)) / 2

@@ -6,7 +6,6 @@ bf16, DDP and exact resume are in the matrices of test_resume.py and here."""
 from __future__ import annotations
 
 import functools
-import math
 from unittest import mock
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 
 from tests.helpers import assert_identical_weights, fit, fit_two_ranks, tiny_method
 from udaseg.adaptation import MaskedImageConsistency, StrongAugmentation
-from udaseg.adaptation.masked_consistency import MaskedBatch, pseudo_weight_map
+from udaseg.adaptation.masked_consistency import pseudo_weight_map
 from udaseg.data.transforms import normalize
 from udaseg.methods import DACS, AdvEnt, DAFormer, MinEnt
 from udaseg.methods.daformer import FeatureDistance
@@ -85,14 +84,6 @@ def test_separate_mode_takes_half_source_with_labels_and_weight_one_unaugmented(
     assert torch.equal(batch.labels[0], source["label"][0])
     assert torch.equal(batch.labels[1], pseudo[0])
     assert bool((batch.pixel_weights[0] == 1).all() and (batch.pixel_weights[1] == 0.5).all())
-
-
-def test_masked_loss_is_the_weighted_cross_entropy_over_all_pixels():
-    logits = torch.zeros(1, 4, 2, 2)                          # p = 1/4: CE = log 4
-    labels = torch.tensor([[[0, 1], [255, 3]]])
-    weights = torch.tensor([[[0.5, 1.0], [1.0, 0.0]]])
-    loss = MaskedBatch(torch.zeros(1, 3, 2, 2), labels, weights).loss(logits)
-    assert loss.item() == pytest.approx((0.5 + 1.0) * math.log(4) / 4)
 
 
 def test_pseudo_weight_map_crops_rows_and_margins():

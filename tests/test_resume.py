@@ -27,7 +27,7 @@ from udaseg.data import Augmentation, InfiniteShardedSampler, RareClassSampler, 
 from udaseg.data.photometric import StrongView
 from udaseg.methods import CIM, DACS, TUFL, AdvEnt, DAFormer
 from udaseg.methods.daformer import FeatureDistance
-from udaseg.models import EncoderDecoder, SegmenterWeights
+from udaseg.models import HRDA, EncoderDecoder, SegmenterWeights
 from udaseg.runtime.checkpoint_io import SafeCheckpointIO
 
 
@@ -86,6 +86,21 @@ METHODS = {
         {"rare_class_sampling": RareClassSampling(min_pixels=20, min_crop_ratio=0.5),
          "source_augmentation": Augmentation(crop=(32, 32), cat_max_ratio=0.75),
          "target_augmentation": Augmentation(crop=(32, 32))}),
+    # MIC(HRDA): detail crops per forward, the attention head, margins marked before the crop.
+    "mic_hrda": (functools.partial(
+        tiny_method, DAFormer, feature_distance=None, pseudo_weight_crop=(0, 0),
+        mic=MaskedImageConsistency(block_size=8),
+        segmenter=functools.partial(
+            HRDA, detail_crop=(32, 32),
+            encoder={"class_path": "udaseg.models.MixTransformer", "init_args": {"variant": "b0"}},
+            head={"class_path": "udaseg.models.DAFormerHead",
+                  "init_args": {"embed_dims": 16, "channels": 16}},
+            attention_head={"class_path": "udaseg.models.SegFormerHead",
+                            "init_args": {"embed_dims": 16}})),
+        {"source_augmentation": Augmentation(resize=(64, 128), crop=(64, 96)),
+         "target_augmentation": Augmentation(resize=(64, 128), crop=(64, 96),
+                                             pseudo_margins=(3, 5, 2, 4)),
+         "eval_augmentation": Augmentation(resize=(64, 128), resize_label=False)}),
     # CIM with long-tail pasting at every pair, donors prepared in a thread: the donor
     # positions resume.
     "long_tail": (functools.partial(cim_on_stage_one, long_tail_p=1.0),

@@ -24,7 +24,6 @@ from udaseg.adaptation.block_mask import BlockMask
 from udaseg.adaptation.photometric import augment_input
 from udaseg.adaptation.strong_augment import StrongAugmentation
 from udaseg.adaptation.teacher import Teacher
-from udaseg.losses import pixel_weighted_cross_entropy, upsample_logits
 
 #: `iteration_generator` stream of MIC's draws (augmentation, then the block mask).
 MIC_STREAM = 3
@@ -34,20 +33,12 @@ MaskMode = Literal["separatetrgaug", "separate"]
 
 @dataclass
 class MaskedBatch:
-    """(N, 3, H, W) masked network inputs, (N, H, W) labels and (N, H, W) pixel weights."""
+    """(N, 3, H, W) masked network inputs, (N, H, W) labels and (N, H, W) pixel weights; the
+    method trains on them with its weighted loss (`UDAMethod.weighted_loss`)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     pixel_weights: torch.Tensor
-
-    def loss(self, logits: torch.Tensor, ignore_index: int = 255,
-             align_corners: bool = False) -> torch.Tensor:
-        """`L_mic` of the student's (N, C, h, w) `logits` of `images`, upsampled to the labels
-        with the network's `align_corners` and averaged over all pixels (mmseg's weighted
-        cross-entropy, `pixel_weighted_cross_entropy`)."""
-        logits = upsample_logits(logits, tuple(self.labels.shape[-2:]), align_corners)
-        return pixel_weighted_cross_entropy(logits, self.labels, self.pixel_weights,
-                                            ignore_index=ignore_index)
 
 
 @dataclass(frozen=True)

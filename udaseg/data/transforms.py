@@ -83,6 +83,12 @@ class Augmentation:
         color_jitter: strength of brightness/contrast/saturation jitter (0 disables it).
         resize_label: False keeps the label at its original size (the evaluation protocol:
             predictions are upsampled to full label resolution). Only valid without scale/crop.
+        pseudo_margins: (top, bottom, left, right) pixels of each target image, counted before
+            any random step, whose pseudo-labels get weight 0 (HRDA and MIC: [30, 240, 30, 30]
+            of Cityscapes at 2048x1024, against rectification borders and the ego car). The
+            marked map follows the image through scale, crop and flip, so only crops at the
+            border lose rows; the target batch carries it as "pseudo_valid" (N, H, W), 1 =
+            trusted. None: no map.
     """
 
     resize: Optional[tuple[int, int]] = None
@@ -92,8 +98,13 @@ class Augmentation:
     hflip: bool = False
     color_jitter: float = 0.0
     resize_label: bool = True
+    pseudo_margins: Optional[tuple[int, int, int, int]] = None
 
     def __post_init__(self) -> None:
+        if self.pseudo_margins is not None and (len(self.pseudo_margins) != 4
+                                                or min(self.pseudo_margins) < 0):
+            raise ValueError(f"Augmentation.pseudo_margins must be (top, bottom, left, right) "
+                             f"pixel counts >= 0, got {self.pseudo_margins}")
         if not self.resize_label and (self.scale or self.crop or self.hflip):
             raise ValueError("Augmentation(resize_label=False) only allows `resize`: random "
                              "geometry would misalign image and full-resolution label")
@@ -186,6 +197,19 @@ def unit_rgb_to_input(pixels: torch.Tensor, normalization: Normalization) -> tor
     return (pixels * 255.0 - mean) / scale
 
 
+def pseudo_margin_map(size: tuple[int, int], margins: tuple[int, int, int, int]) -> np.ndarray:
+    """(H, W) uint8 map of `size`: 0 on the (top, bottom, left, right) `margins`, 1 inside.
+
+    >>> pseudo_margin_map((4, 3), (1, 2, 0, 1)).tolist()
+    [[0, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0]]
+    """
+    top, bottom, left, right = margins
+    height, width = size
+    valid = np.zeros((height, width), np.uint8)
+    valid[top:max(top, height - bottom), left:max(left, width - right)] = 1
+    return valid
+
+
 class TransformedDataset(torch.utils.data.Dataset):
     """Applies one stream's augmentation and normalisation to a `SegmentationDataset`.
 
@@ -225,6 +249,9 @@ class TransformedDataset(torch.utils.data.Dataset):
         self.label_dtype = label_dtype
         self.strong_view = strong_view
         self.class_crop_pixels = class_crop_pixels
+        if keep_label and augmentation.pseudo_margins is not None:
+            raise ValueError("Augmentation.pseudo_margins mark the pseudo-labels of target "
+                             "images: set them on data.target_augmentation only")
         self.pipeline = augmentation.build()
         self.rng = np.random.default_rng()
         self.seed = 0
@@ -271,10 +298,17 @@ class TransformedDataset(torch.utils.data.Dataset):
                         break
                     out = self.pipeline(image=image, mask=label)
             image, label = out["image"], out["mask"]
+        elif self.augmentation.pseudo_margins is not None:
+            out = self.pipeline(image=image, mask=pseudo_margin_map(
+                image.shape[:2], self.augmentation.pseudo_margins))
+            image, valid = out["image"], out["mask"]
         else:
             image = self.pipeline(image=image)["image"]
         item = {"image": normalize(image, self.normalization), "name": sample["name"],
                 "original_size": original_size}
+        if not keep and self.augmentation.pseudo_margins is not None:
+            # Padding fills masks with the ignore label: padded pixels are not trusted either.
+            item["pseudo_valid"] = torch.from_numpy(np.ascontiguousarray(valid == 1))
         if self.strong_view is not None:  # from the clean view's final pixels: the same crop
             item["strong_image"] = normalize(self.strong_view(image, self.rng),
                                              self.normalization)

@@ -50,7 +50,7 @@ class MinEnt(UDAMethod):
                              + self.hparams[f"lambda_ent_{level}"] * losses[f"ent_{level}"])
         self.manual_backward(self.adaptation_weight * entropy_total)
         if self.mic is not None:
-            losses.update(self.teacher_masked_consistency_step(source, target["image"]))
+            losses.update(self.teacher_masked_consistency_step(source, target))
         return losses
 
 

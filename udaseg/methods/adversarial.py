@@ -70,7 +70,7 @@ class OutputSpaceAdversarial(UDAMethod):
                 adversarial_total = adversarial_total + weight * losses[f"adv_{level}"]
             self.manual_backward(self.adaptation_weight * adversarial_total)
             if self.mic is not None:
-                losses.update(self.teacher_masked_consistency_step(source, target["image"]))
+                losses.update(self.teacher_masked_consistency_step(source, target))
         with torch.no_grad():  # the discriminators see detached maps only
             source_maps = self.level_maps(source_outputs, tuple(source["image"].shape[-2:]))
         losses.update(self.discriminators.train_on(source_maps, target_maps, self.manual_backward,

@@ -43,7 +43,11 @@ from udaseg.adaptation.photometric import require_input_normalization
 from udaseg.adaptation.teacher import Teacher
 from udaseg.evaluation.evaluator import SegmentationEvaluator
 from udaseg.evaluation.inference import Inference
-from udaseg.losses import segmentation_cross_entropy, upsample_logits
+from udaseg.losses import (
+    pixel_weighted_cross_entropy,
+    segmentation_cross_entropy,
+    upsample_logits,
+)
 from udaseg.methods.checkpointing import (
     CONSECUTIVE_SKIPS_KEY,
     RNG_STATES_KEY,
@@ -59,6 +63,7 @@ from udaseg.methods.optim import POLY_HORIZON_KEY, OptimConfig, one_scaler_updat
 from udaseg.methods.optim import poly_lr as poly_lr  # re-exported: udaseg.methods.poly_lr
 from udaseg.models import (
     AUX,
+    HRDA,
     MAIN,
     DeepLabV2,
     SegmenterFactory,
@@ -126,6 +131,9 @@ class UDAMethod(pl.LightningModule, abc.ABC):
     #: in mmseg-based code (DAFormer, MIC), where the teacher follows at the start of the next
     #: iteration with that iteration's alpha; DACS's own code uses 0.
     teacher_alpha_offset: ClassVar[int] = 1
+    #: Whether the method trains multi-resolution segmenters (`udaseg.models.HRDA`) with their
+    #: own forward and loss; the others refuse them.
+    trains_multi_resolution: ClassVar[bool] = False
     #: MIC's masked image consistency, for the methods that take a `mic` argument.
     mic: Optional[MaskedImageConsistency] = None
 
@@ -211,6 +219,10 @@ class UDAMethod(pl.LightningModule, abc.ABC):
                 f"{type(self).__name__} needs the segmenter head(s) {missing}, but "
                 f"{type(segmenter).__name__} has {list(segmenter.heads)}: change "
                 f"model.init_args.segmenter{self.head_hint()}")
+        if isinstance(segmenter, HRDA) and not self.trains_multi_resolution:
+            raise ValueError(f"{type(self).__name__} does not train HRDA's multi-resolution "
+                             "segmenter (its training forward takes a detail crop): use "
+                             "udaseg.methods.DAFormer, or another model.init_args.segmenter")
         initialize_segmenter(segmenter, self.weights_config)
         return segmenter
 
@@ -427,19 +439,30 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         masked = self.mic.masked_batch(source, target_images, pseudo_labels, pseudo_weights,
                                        self.iteration_generator(MIC_STREAM),
                                        self.input_normalization)
-        loss = masked.loss(self.segmenter(masked.images)[MAIN], self.ignore_index,
-                           self.logits_align_corners)
+        loss = self.weighted_loss(masked.images, masked.labels, masked.pixel_weights)
         self.manual_backward(self.adaptation_weight * self.mic.weight * loss)
         return {"masked": loss}
 
+    def weighted_loss(self, images: torch.Tensor, labels: torch.Tensor,
+                      pixel_weights: torch.Tensor) -> torch.Tensor:
+        """The student's loss on images with (N, H, W) labels weighted per pixel (mixed and
+        masked batches): the main head's logits, upsampled with the network's align_corners,
+        `pixel_weighted_cross_entropy` (an average over all pixels)."""
+        logits = upsample_logits(self.segmenter(images)[MAIN], tuple(labels.shape[-2:]),
+                                 self.logits_align_corners)
+        return pixel_weighted_cross_entropy(logits, labels, pixel_weights,
+                                            ignore_index=self.ignore_index)
+
     def teacher_masked_consistency_step(self, source: dict,
-                                        target_images: torch.Tensor) -> dict[str, torch.Tensor]:
+                                        target: dict) -> dict[str, torch.Tensor]:
         """MIC in a method without self-training of its own (MinEnt, AdvEnt): the pseudo-labels
-        come from MIC's EMA teacher (`self.teacher`), weighted by its confidence share."""
-        pseudo = teacher_pseudo_labels(self.teacher, target_images, self.mic.pseudo_confidence)
+        come from MIC's EMA teacher (`self.teacher`), weighted by its confidence share (0 off
+        the target stream's `pseudo_margins`)."""
+        pseudo = teacher_pseudo_labels(self.teacher, target["image"], self.mic.pseudo_confidence)
         return self.masked_consistency_step(
-            source, target_images, pseudo.labels,
-            pseudo_weight_map(pseudo.confidence_weight, tuple(pseudo.labels.shape)))
+            source, target["image"], pseudo.labels,
+            pseudo_weight_map(pseudo.confidence_weight, tuple(pseudo.labels.shape),
+                              valid=target.get("pseudo_valid")))
 
     def source_pixel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of one level's (N, C, h, w) logits against (N, H, W) labels: cross-entropy,

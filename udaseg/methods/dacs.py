@@ -15,6 +15,7 @@ run in train mode); ClassMix draws among the label's values, the ignore label in
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar, Optional
 
 import torch
@@ -89,15 +90,36 @@ class DACS(UDAMethod):
         target_images, pseudo = self.pseudo_labels(source, target)
         mixed = self.class_mix(source, target_images, pseudo,
                                self.iteration_generator(MIX_STREAM), self.input_normalization)
+        target_weights = self.target_weights(pseudo, target)
+        mixed = dataclasses.replace(mixed, pixel_weights=torch.where(
+            mixed.source_mask, mixed.pixel_weights, target_weights))
         _, losses, (mixed_outputs,) = self.supervised_step(source, mixed.images)
         losses.update(mixed.statistics())
         losses["mix"] = mixed.loss(mixed_outputs[MAIN], ignore_index=self.ignore_index)
         self.manual_backward(self.adaptation_weight * self.hparams.lambda_mix * losses["mix"])
         if self.mic is not None:
-            losses.update(self.masked_consistency_step(
-                source, target_images, pseudo.labels,
-                pseudo_weight_map(pseudo.confidence_weight, tuple(pseudo.labels.shape))))
+            # MIC weighs the pseudo-labels as the mix does.
+            losses.update(self.masked_consistency_step(source, target_images, pseudo.labels,
+                                                       target_weights))
         return losses
+
+    def pseudo_label_crop(self) -> tuple[int, int]:
+        """(top, bottom) rows of every target crop whose pseudo-labels get weight 0: none in
+        DACS (DAFormer's `pseudo_weight_crop`)."""
+        return 0, 0
+
+    def target_weights(self, pseudo: PseudoLabels, target: dict) -> torch.Tensor:
+        """(N, H, W) weights of the pseudo-labels: the teacher's confidence share, 0 in the
+        pseudo-label crop's rows and off the margins of the target stream's `pseudo_margins`
+        (the batch's "pseudo_valid", HRDA's)."""
+        top, bottom = self.pseudo_label_crop()
+        valid = target.get("pseudo_valid")
+        if valid is not None and (top or bottom):
+            raise ValueError("data.target_augmentation.pseudo_margins (HRDA's margins) replace "
+                             "DAFormer's pseudo-label crop: set "
+                             "model.init_args.pseudo_weight_crop: [0, 0]")
+        return pseudo_weight_map(pseudo.confidence_weight, tuple(pseudo.labels.shape), top,
+                                 bottom, None if valid is None else valid[:len(pseudo.labels)])
 
     def pseudo_labels(self, source: dict, target: dict) -> tuple[torch.Tensor, PseudoLabels]:
         """The target images paired with the source batch and the teacher's labels of them,

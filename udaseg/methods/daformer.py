@@ -30,15 +30,15 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from udaseg.adaptation.batch_augment import ClassMixIgnoreLabel
 from udaseg.adaptation.class_mix import MIX_STREAM, ClassChoice
+from udaseg.adaptation.detail_crops import DETAIL_CROP_STREAM, DetailCrops
 from udaseg.adaptation.feature_distance import ImageNetFeatureDistance
-from udaseg.adaptation.masked_consistency import MaskedImageConsistency, pseudo_weight_map
+from udaseg.adaptation.masked_consistency import MaskedImageConsistency
 from udaseg.adaptation.strong_augment import StrongAugmentation
 from udaseg.adaptation.teacher import TeacherBN
-from udaseg.losses import crop_pseudo_weight
 from udaseg.methods.dacs import DACS
 from udaseg.methods.optim import OptimConfig
 from udaseg.models import (
-    MAIN,
+    HRDA,
     EncoderDecoder,
     SegmenterFactory,
     build_segmenter,
@@ -108,6 +108,7 @@ class DAFormer(DACS):
     # Officially the teacher follows at the start of the next iteration, with that iteration's
     # alpha: after step 0 it takes half of the student, not all of it (DACS).
     teacher_alpha_offset = 1
+    trains_multi_resolution = True
 
     def __init__(self, lambda_mix: float = 1.0, ema_momentum: float = 0.999,
                  teacher_bn: TeacherBN = "train", pseudo_confidence: float = 0.968,
@@ -134,6 +135,11 @@ class DAFormer(DACS):
             raise ValueError(f"model.init_args.evaluate must be 'student' or 'teacher', "
                              f"got {evaluate!r}")
         self.feature_distance: Optional[ImageNetFeatureDistance] = None
+        # HRDA's crops of the current iteration (a multi-resolution segmenter only).
+        self.detail_crops: Optional[DetailCrops] = None
+        if isinstance(self.segmenter, HRDA) and self.fast_path.fused_forward:
+            raise ValueError("HRDA's training forwards take a detail crop each, which "
+                             "fast_path.fused_forward does not: switch it off")
         if feature_distance is not None:
             settings = (FeatureDistance(**feature_distance) if isinstance(feature_distance, dict)
                         else feature_distance)
@@ -172,34 +178,59 @@ class DAFormer(DACS):
         return imagenet.encoder
 
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
-        if self.feature_distance is None:
-            _, losses, _ = self.supervised_step(source)
-        else:
-            # One source forward gives both the logits and the stages the distance reads.
-            features = self.segmenter.encode(source["image"])
-            outputs = self.segmenter.decode(features, tuple(source["image"].shape[-2:]))
-            losses = self.supervised_loss(outputs, source["label"])
-            losses["feature_distance"] = self.feature_distance(source["image"], features[-1],
-                                                               source["label"])
-            self.manual_backward(losses["seg"] + losses["feature_distance"])
+        self.detail_crops = DetailCrops(
+            self.segmenter, self.iteration_generator(DETAIL_CROP_STREAM), self.ignore_index,
+            self.hparams.loss_reduction) if isinstance(self.segmenter, HRDA) else None
+        losses = self.source_step(source)
         # The official order: the source graph is freed before the teacher and the mix run.
         target_images, pseudo = self.pseudo_labels(source, target)
         mixed = self.class_mix(source, target_images, pseudo,
                                self.iteration_generator(MIX_STREAM), self.input_normalization)
-        top, bottom = self.hparams.pseudo_weight_crop
-        mixed = dataclasses.replace(mixed, pixel_weights=crop_pseudo_weight(
-            mixed.pixel_weights, mixed.source_mask, top, bottom))
+        target_weights = self.target_weights(pseudo, target)
+        mixed = dataclasses.replace(mixed, pixel_weights=torch.where(
+            mixed.source_mask, mixed.pixel_weights, target_weights))
         losses.update(mixed.statistics())
-        losses["mix"] = mixed.loss(self.segmenter(mixed.images)[MAIN],
-                                   ignore_index=self.ignore_index)
+        losses["mix"] = self.weighted_loss(mixed.images, mixed.labels, mixed.pixel_weights)
         self.manual_backward(self.adaptation_weight * self.hparams.lambda_mix * losses["mix"])
         if self.mic is not None:
-            # MIC weighs the pseudo-labels as the mix does, pseudo-label crop included.
-            losses.update(self.masked_consistency_step(
-                source, target_images, pseudo.labels,
-                pseudo_weight_map(pseudo.confidence_weight, tuple(pseudo.labels.shape),
-                                  top, bottom)))
+            # MIC weighs the pseudo-labels as the mix does (crop and margins included).
+            losses.update(self.masked_consistency_step(source, target_images, pseudo.labels,
+                                                       target_weights))
         return losses
+
+    def pseudo_label_crop(self) -> tuple[int, int]:
+        return tuple(self.hparams.pseudo_weight_crop)
+
+    def source_step(self, source: dict) -> dict[str, torch.Tensor]:
+        """The source loss (HRDA's on a multi-resolution segmenter) and the feature distance
+        (on HRDA's context view), one backward."""
+        images, labels = source["image"], source["label"]
+        if self.detail_crops is not None:
+            parts, output = self.detail_crops.loss(images, labels)
+            losses = {"seg": parts.total, "seg_fused": parts.fused, "seg_detail": parts.detail}
+            features, feature_images = output.context_features, self.segmenter.context(images)
+        elif self.feature_distance is None:
+            return self.supervised_step(source)[1]
+        else:
+            # One source forward gives both the logits and the stages the distance reads.
+            features = self.segmenter.encode(images)
+            losses = self.supervised_loss(
+                self.segmenter.decode(features, tuple(images.shape[-2:])), labels)
+            feature_images = images
+        total = losses["seg"]
+        if self.feature_distance is not None:
+            losses["feature_distance"] = self.feature_distance(feature_images, features[-1],
+                                                               labels)
+            total = total + losses["feature_distance"]
+        self.manual_backward(total)
+        return losses
+
+    def weighted_loss(self, images: torch.Tensor, labels: torch.Tensor,
+                      pixel_weights: torch.Tensor) -> torch.Tensor:
+        if self.detail_crops is None:
+            return super().weighted_loss(images, labels, pixel_weights)
+        # Under HRDA every labelled batch (mixed, masked) trains with its own detail crop.
+        return self.detail_crops.loss(images, labels, pixel_weights)[0].total
 
     def evaluation_network(self) -> torch.nn.Module:
         return self.teacher if self.hparams.evaluate == "teacher" else self.segmenter

@@ -112,6 +112,8 @@ class HRDA(EncoderDecoder):
         batch_detail_windows: run all inference windows through the network as one batch (as
             officially); False runs them one at a time (less memory; the same numbers, except
             that train-mode BatchNorm then normalises each window by its own statistics).
+        detail_loss_weight: the detail crop's share of the training loss (0.1; the fused
+            prediction gets the rest, `udaseg.losses.multi_resolution_loss`).
 
     `classifier_parameters()` are the head's and the attention head's (officially the attention
     is part of the decode head, so it gets the head's learning-rate multiplier).
@@ -122,7 +124,7 @@ class HRDA(EncoderDecoder):
                  attention_head: dict[str, Any] = SCALE_ATTENTION_HEAD,
                  context_scale: float = 0.5, detail_crop: tuple[int, int] = (512, 512),
                  crop_divisible: int = 8, detail_stride: Optional[tuple[int, int]] = None,
-                 batch_detail_windows: bool = True) -> None:
+                 batch_detail_windows: bool = True, detail_loss_weight: float = 0.1) -> None:
         if not 0 < context_scale <= 1:
             raise ValueError(f"{_KEY}.context_scale must be in (0, 1], got {context_scale}")
         crop = _pair(detail_crop, "detail_crop")
@@ -141,6 +143,10 @@ class HRDA(EncoderDecoder):
         self.crop_divisible = crop_divisible
         self.detail_stride = stride
         self.batch_detail_windows = bool(batch_detail_windows)
+        if not 0 <= detail_loss_weight <= 1:
+            raise ValueError(f"{_KEY}.detail_loss_weight must be in [0, 1], got "
+                             f"{detail_loss_weight}")
+        self.detail_loss_weight = float(detail_loss_weight)
         self.attention = build_component(attention_head, f"{_KEY}.attention_head",
                                          in_channels=tuple(self.encoder.out_channels),
                                          num_classes=num_classes)
@@ -180,7 +186,8 @@ class HRDA(EncoderDecoder):
             offsets.append(int(draw) * self.crop_divisible)
         return offsets[0], offsets[0] + crop_h, offsets[1], offsets[1] + crop_w
 
-    def _context(self, images: torch.Tensor) -> torch.Tensor:
+    def context(self, images: torch.Tensor) -> torch.Tensor:
+        """The context view: `images` resized by `context_scale` (bilinear)."""
         if self.context_scale == 1.0:
             return images
         return F.interpolate(images, scale_factor=self.context_scale, mode="bilinear",
@@ -220,7 +227,7 @@ class HRDA(EncoderDecoder):
         if not (0 <= y1 < y2 <= height and 0 <= x1 < x2 <= width):
             raise ValueError(f"detail box {tuple(box)} is not inside the {height}x{width} image")
         # The official order of calls (it matters for BN running statistics and dropout).
-        context_features = self.encode(self._context(images))
+        context_features = self.encode(self.context(images))
         detail_features = self.encode(images[..., y1:y2, x1:x2])
         context_logits = self.head(context_features)
         detail = self.head(detail_features)
@@ -269,7 +276,7 @@ class HRDA(EncoderDecoder):
     def forward(self, images: torch.Tensor) -> SegmenterOutput:
         """Inference: context on the whole input, detail by overlapping windows, fused, and
         resized to the input size (bilinear, align_corners=False)."""
-        context_features = self.encode(self._context(images))
+        context_features = self.encode(self.context(images))
         context_logits = self.head(context_features)
         detail = self.detail_logits(images)
         attention = torch.sigmoid(self.attention(context_features))
