@@ -99,6 +99,8 @@ def test_bad_settings_name_the_key():
         MaskedImageConsistency(mode="separatesrc")
     with pytest.raises(ValueError, match="model.init_args.mic"):
         MaskedImageConsistency(ratio=1.0)
+    with pytest.raises(ValueError, match="mic.bn_statistics"):
+        MaskedImageConsistency(bn_statistics="freeze")
 
 
 def daformer_with_mic(**kwargs) -> DAFormer:
@@ -153,6 +155,24 @@ def test_mic_draws_leave_the_hosts_iteration_unchanged():
     assert all(torch.equal(a, b) for a, b in zip(results["none"], results["zero"], strict=True))
     assert not all(torch.equal(a, b)
                    for a, b in zip(results["none"], results["one"], strict=True))
+
+
+def test_kept_bn_statistics_leave_the_running_statistics_of_the_clean_batches():
+    """With lambda_mic = 0, "keep" trains exactly as without MIC, BN running statistics
+    included; "update" (official) moves them with the masked batch."""
+    states = {}
+    for name, mic in (("none", None),
+                      ("keep", MaskedImageConsistency(block_size=8, weight=0.0,
+                                                      bn_statistics="keep")),
+                      ("update", MaskedImageConsistency(block_size=8, weight=0.0))):
+        torch.manual_seed(0)
+        method = tiny_method(DACS, mic=mic, pseudo_confidence=0.0)
+        fit(method, steps=2)
+        states[name] = method.segmenter.state_dict()
+    running = [key for key in states["none"] if "running_mean" in key]
+    assert running
+    assert all(torch.equal(states["none"][key], states["keep"][key]) for key in states["none"])
+    assert not all(torch.equal(states["none"][key], states["update"][key]) for key in running)
 
 
 @pytest.mark.parametrize("method_class", [MinEnt, AdvEnt])

@@ -15,10 +15,13 @@ method adds `lambda_mic * L_mic` (lambda_mic = 1).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import torch
+from torch import nn
 
 from udaseg.adaptation.block_mask import BlockMask
 from udaseg.adaptation.photometric import augment_input
@@ -29,6 +32,7 @@ from udaseg.adaptation.teacher import Teacher
 MIC_STREAM = 3
 
 MaskMode = Literal["separatetrgaug", "separate"]
+BNStatistics = Literal["update", "keep"]
 
 
 @dataclass
@@ -57,6 +61,12 @@ class MaskedImageConsistency:
         weight: lambda_mic (1).
         photometric: the augmentation of "separatetrgaug" (DAFormer's strong augmentation,
             the blur always possible as in MIC's code).
+        bn_statistics: what the masked forward does to the student's BN running statistics:
+            "update" (official): they move towards the masked images' statistics like after
+            any training forward; "keep": BN normalises the masked batch by its own
+            statistics, but the running statistics evaluation uses stay those of the clean
+            batches. Networks with BN in the encoder (DeepLabV2, EfficientNet-Lite) evaluate
+            with running statistics partly of 70 %-grey images under "update".
         ema_momentum, pseudo_confidence: the EMA teacher MIC brings to a method that has none
             (MinEnt, AdvEnt): its largest alpha (0.999) and the confidence threshold of the
             pseudo-label weight (0.968). Methods with a teacher (DACS, DAFormer) share theirs
@@ -68,6 +78,7 @@ class MaskedImageConsistency:
     mode: MaskMode = "separatetrgaug"
     weight: float = 1.0
     photometric: StrongAugmentation = field(default_factory=StrongAugmentation)
+    bn_statistics: BNStatistics = "update"
     ema_momentum: float = 0.999
     pseudo_confidence: float = 0.968
 
@@ -75,6 +86,9 @@ class MaskedImageConsistency:
         if self.mode not in ("separatetrgaug", "separate"):
             raise ValueError(f"model.init_args.mic.mode must be 'separatetrgaug' or 'separate', "
                              f"got {self.mode!r}")
+        if self.bn_statistics not in ("update", "keep"):
+            raise ValueError(f"model.init_args.mic.bn_statistics must be 'update' or 'keep', "
+                             f"got {self.bn_statistics!r}")
         if isinstance(self.photometric, dict):
             object.__setattr__(self, "photometric", StrongAugmentation(**self.photometric))
         try:
@@ -115,6 +129,27 @@ class MaskedImageConsistency:
             images = augment_input(self.photometric, target_images, normalization, generator)
             labels, weights = pseudo_labels.long(), pseudo_weights
         return MaskedBatch(self.mask(images, generator), labels, weights.float())
+
+
+@contextmanager
+def kept_bn_statistics(network: nn.Module, keep: bool = True) -> Iterator[None]:
+    """Forwards of `network` inside leave its BN running statistics (and batch counts) as they
+    were (`keep`); BN still normalises each batch by its own statistics in training mode.
+
+    The layers' momentum is 0 meanwhile, so the running statistics are updated with weight 0
+    (not restored afterwards: the backward pass may still hold them)."""
+    layers = [module for module in network.modules()
+              if isinstance(module, nn.modules.batchnorm._BatchNorm)
+              and module.track_running_stats] if keep else []
+    saved = [(layer.momentum, layer.num_batches_tracked.clone()) for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, (momentum, count) in zip(layers, saved, strict=True):
+            layer.momentum = momentum
+            layer.num_batches_tracked.copy_(count)
 
 
 def as_masked_consistency(value: Optional[MaskedImageConsistency | dict]

@@ -37,6 +37,7 @@ from udaseg.adaptation.discriminators import DomainDiscriminators
 from udaseg.adaptation.masked_consistency import (
     MIC_STREAM,
     MaskedImageConsistency,
+    kept_bn_statistics,
     pseudo_weight_map,
 )
 from udaseg.adaptation.photometric import require_input_normalization
@@ -439,7 +440,8 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         masked = self.mic.masked_batch(source, target_images, pseudo_labels, pseudo_weights,
                                        self.iteration_generator(MIC_STREAM),
                                        self.input_normalization)
-        loss = self.weighted_loss(masked.images, masked.labels, masked.pixel_weights)
+        with kept_bn_statistics(self.segmenter, self.mic.bn_statistics == "keep"):
+            loss = self.weighted_loss(masked.images, masked.labels, masked.pixel_weights)
         self.manual_backward(self.adaptation_weight * self.mic.weight * loss)
         return {"masked": loss}
 
