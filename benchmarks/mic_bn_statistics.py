@@ -6,7 +6,7 @@ MIC's official masked forward (`mic.bn_statistics: update`) moves the running st
 masked, 70 %-grey images; a network with BN in its encoder then evaluates with statistics of
 neither clean nor masked images. The gap between the two numbers measures that.
 
-    python benchmarks/mic_bn_statistics.py runs/.../checkpoints/last.ckpt --batches 32
+    python benchmarks/mic_bn_statistics.py runs/synthetic/mic_daformer/version_0/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
