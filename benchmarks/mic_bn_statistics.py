@@ -6,7 +6,8 @@ MIC's official masked forward (`mic.bn_statistics: update`) moves the running st
 masked, 70 %-grey images; a network with BN in its encoder then evaluates with statistics of
 neither clean nor masked images. The gap between the two numbers measures that.
 
-    python benchmarks/mic_bn_statistics.py runs/synthetic/mic_daformer/version_0/checkpoints/last.ckpt
+    python benchmarks/mic_bn_statistics.py \
+        runs/synthetic/mic_daformer/version_0/checkpoints/last.ckpt --batches 32
 """
 
 from __future__ import annotations
