@@ -26,6 +26,7 @@ from udaseg.adaptation.class_mix import (
     MIX_STREAM,
     ClassChoice,
     ClassMix,
+    MixedBatch,
     PseudoLabels,
     teacher_pseudo_labels,
 )
@@ -87,12 +88,7 @@ class DACS(UDAMethod):
     def adaptation_step(self, source: dict, target: dict) -> dict[str, torch.Tensor]:
         # The mix needs only the teacher and its own generator, so it is built first and can
         # share the source forward (fused path).
-        target_images, pseudo = self.pseudo_labels(source, target)
-        mixed = self.class_mix(source, target_images, pseudo,
-                               self.iteration_generator(MIX_STREAM), self.input_normalization)
-        target_weights = self.target_weights(pseudo, target)
-        mixed = dataclasses.replace(mixed, pixel_weights=torch.where(
-            mixed.source_mask, mixed.pixel_weights, target_weights))
+        target_images, pseudo, mixed, target_weights = self.weighted_mix(source, target)
         _, losses, (mixed_outputs,) = self.supervised_step(source, mixed.images)
         losses.update(mixed.statistics())
         losses["mix"] = mixed.loss(mixed_outputs[MAIN], ignore_index=self.ignore_index)
@@ -102,6 +98,19 @@ class DACS(UDAMethod):
             losses.update(self.masked_consistency_step(source, target_images, pseudo.labels,
                                                        target_weights))
         return losses
+
+    def weighted_mix(self, source: dict, target: dict
+                     ) -> tuple[torch.Tensor, PseudoLabels, MixedBatch, torch.Tensor]:
+        """The target images paired with the source batch, the teacher's labels of them, the
+        source mixed onto them and the (N, H, W) pseudo-label weights (`target_weights`),
+        which the mix's target pixels carry and MIC shares."""
+        target_images, pseudo = self.pseudo_labels(source, target)
+        mixed = self.class_mix(source, target_images, pseudo,
+                               self.iteration_generator(MIX_STREAM), self.input_normalization)
+        target_weights = self.target_weights(pseudo, target)
+        mixed = dataclasses.replace(mixed, pixel_weights=torch.where(
+            mixed.source_mask, mixed.pixel_weights, target_weights))
+        return target_images, pseudo, mixed, target_weights
 
     def pseudo_label_crop(self) -> tuple[int, int]:
         """(top, bottom) rows of every target crop whose pseudo-labels get weight 0: none in

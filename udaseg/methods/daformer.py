@@ -29,7 +29,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from udaseg.adaptation.batch_augment import ClassMixIgnoreLabel
-from udaseg.adaptation.class_mix import MIX_STREAM, ClassChoice
+from udaseg.adaptation.class_mix import ClassChoice
 from udaseg.adaptation.detail_crops import DETAIL_CROP_STREAM, DetailCrops
 from udaseg.adaptation.feature_distance import ImageNetFeatureDistance
 from udaseg.adaptation.masked_consistency import MaskedImageConsistency
@@ -183,12 +183,7 @@ class DAFormer(DACS):
             self.hparams.loss_reduction) if isinstance(self.segmenter, HRDA) else None
         losses = self.source_step(source)
         # The official order: the source graph is freed before the teacher and the mix run.
-        target_images, pseudo = self.pseudo_labels(source, target)
-        mixed = self.class_mix(source, target_images, pseudo,
-                               self.iteration_generator(MIX_STREAM), self.input_normalization)
-        target_weights = self.target_weights(pseudo, target)
-        mixed = dataclasses.replace(mixed, pixel_weights=torch.where(
-            mixed.source_mask, mixed.pixel_weights, target_weights))
+        target_images, pseudo, mixed, target_weights = self.weighted_mix(source, target)
         losses.update(mixed.statistics())
         losses["mix"] = self.weighted_loss(mixed.images, mixed.labels, mixed.pixel_weights)
         self.manual_backward(self.adaptation_weight * self.hparams.lambda_mix * losses["mix"])
