@@ -12,10 +12,11 @@ from udaseg.methods.dacs import DACS
 from udaseg.methods.daformer import DAFormer
 from udaseg.methods.ensemble import Ensemble
 from udaseg.methods.maxsquare import MaxSquare
+from udaseg.methods.segmentation_module import SegmentationModule
 from udaseg.methods.source_only import SourceOnly
 from udaseg.methods.tufl import TUFL
 
 __all__ = ["AdvEnt", "CIM", "CLAN", "ConservativeLoss", "CrossDomainMixing", "DACS",
            "DAFormer",
            "Ensemble", "MaxSquare", "MinEnt", "OptimConfig", "OutputSpaceAdversarial",
-           "SourceOnly", "TUFL", "UDAMethod", "poly_lr"]
+           "SegmentationModule", "SourceOnly", "TUFL", "UDAMethod", "poly_lr"]

@@ -1,4 +1,7 @@
-"""The shared base of every method: one training loop, optimisers, poly LR, evaluation.
+"""The shared base of every method: one training loop, optimisers, poly LR, checkpoints.
+
+Building the segmenter and evaluating it (validation, test, predict) is the layer below,
+`udaseg.methods.segmentation_module.SegmentationModule`.
 
 A method subclasses `UDAMethod` and implements `adaptation_step(source, target)`, which computes
 its losses and calls `self.manual_backward` on each; everything else lives here. It usually
@@ -21,12 +24,10 @@ counting wrapper, discriminators are stepped through the strategy directly, so
 from __future__ import annotations
 
 import abc
-import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import ClassVar, Literal, Optional
 
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
@@ -41,7 +42,6 @@ from udaseg.adaptation.masked_consistency import (
     pseudo_weight_map,
 )
 from udaseg.adaptation.photometric import require_input_normalization
-from udaseg.adaptation.teacher import Teacher
 from udaseg.evaluation.evaluator import SegmentationEvaluator
 from udaseg.evaluation.inference import Inference
 from udaseg.losses import (
@@ -62,16 +62,14 @@ from udaseg.methods.fast_path import DeferredBackward, FastPath
 from udaseg.methods.nonfinite import nonfinite_terms, stop_message
 from udaseg.methods.optim import POLY_HORIZON_KEY, OptimConfig, one_scaler_update
 from udaseg.methods.optim import poly_lr as poly_lr  # re-exported: udaseg.methods.poly_lr
+from udaseg.methods.segmentation_module import SegmentationModule
 from udaseg.models import (
     AUX,
-    HRDA,
     MAIN,
     DeepLabV2,
     SegmenterFactory,
     SegmenterOutput,
     SegmenterWeights,
-    build_segmenter,
-    initialize_segmenter,
     segmenter_spec,
 )
 from udaseg.models.fused_forward import batched_forward
@@ -82,7 +80,7 @@ from udaseg.runtime.rng_state import restore_rng_states
 MAX_CONSECUTIVE_SKIPS = 20
 
 
-class UDAMethod(pl.LightningModule, abc.ABC):
+class UDAMethod(SegmentationModule, abc.ABC):
     """Base LightningModule of all methods (manual optimisation).
 
     Args:
@@ -132,9 +130,6 @@ class UDAMethod(pl.LightningModule, abc.ABC):
     #: in mmseg-based code (DAFormer, MIC), where the teacher follows at the start of the next
     #: iteration with that iteration's alpha; DACS's own code uses 0.
     teacher_alpha_offset: ClassVar[int] = 1
-    #: Whether the method trains multi-resolution segmenters (`udaseg.models.HRDA`) with their
-    #: own forward and loss; the others refuse them.
-    trains_multi_resolution: ClassVar[bool] = False
     #: MIC's masked image consistency, for the methods that take a `mic` argument.
     mic: Optional[MaskedImageConsistency] = None
 
@@ -197,46 +192,6 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         self.consecutive_skips = 0
 
     # ----------------------------------------------------------------- construction
-    @classmethod
-    def default_segmenter(cls) -> SegmenterFactory:
-        """The segmenter this method builds when none is configured (its constructor default,
-        e.g. CLAN's `DualClassifierDeepLab`); tools use it to size a network for a method."""
-        for klass in cls.__mro__:
-            parameter = inspect.signature(klass.__init__).parameters.get("segmenter")
-            if parameter is not None:
-                return parameter.default
-        raise TypeError(f"{cls.__name__} takes no segmenter")
-
-    def required_heads(self) -> Sequence[str]:
-        """Segmenter heads this method reads besides "main" (e.g. CLAN: "first", "second")."""
-        return ()
-
-    def build_segmenter(self) -> nn.Module:
-        """The segmenter with its initial weights; fails early if it lacks a required head."""
-        segmenter = build_segmenter(self.hparams.segmenter, self.num_classes)
-        missing = [head for head in self.required_heads() if head not in segmenter.heads]
-        if missing:
-            raise ValueError(
-                f"{type(self).__name__} needs the segmenter head(s) {missing}, but "
-                f"{type(segmenter).__name__} has {list(segmenter.heads)}: change "
-                f"model.init_args.segmenter{self.head_hint()}")
-        if isinstance(segmenter, HRDA) and not self.trains_multi_resolution:
-            raise ValueError(f"{type(self).__name__} does not train HRDA's multi-resolution "
-                             "segmenter (its training forward takes a detail crop): use "
-                             "udaseg.methods.DAFormer, or another model.init_args.segmenter")
-        initialize_segmenter(segmenter, self.weights_config)
-        return segmenter
-
-    @property
-    def has_trained_weights(self) -> bool:
-        """Whether construction loaded trained weights (`weights.init_checkpoint`), so that
-        evaluating without a `--ckpt_path` is meaningful."""
-        return bool(self.weights_config.init_checkpoint)
-
-    def head_hint(self) -> str:
-        """Appended to the missing-head error: which segmenter or option would do."""
-        return ""
-
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         config = self.optim_config
         return [config.segmenter_optimizer(self.segmenter),
@@ -260,14 +215,6 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         if self.mic is not None and self.mic.augments:
             require_input_normalization(self.input_normalization, ["mic"],
                                         self.trainer.datamodule)
-
-    def teachers(self) -> list[Teacher]:
-        """The method's teachers (`udaseg.adaptation.Teacher` components)."""
-        return [child for child in self.children() if isinstance(child, Teacher)]
-
-    def teacher_networks(self) -> list[nn.Module]:
-        """The networks of the method's teachers (`udaseg.adaptation.Teacher` components)."""
-        return [teacher.network for teacher in self.teachers()]
 
     def networks(self) -> list[nn.Module]:
         """Every network of the method: the segmenter, the discriminators and a teacher's."""
@@ -538,74 +485,6 @@ class UDAMethod(pl.LightningModule, abc.ABC):
         self._deferred_backward.add(loss)
 
     # ----------------------------------------------------------------- evaluation
-    def evaluation_network(self) -> nn.Module:
-        """The network validation, test and predict run: the segmenter (a method may evaluate
-        its teacher instead)."""
-        return self.segmenter
-
-    def logits_at(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Main-classifier logits of `images` upsampled to `size`: one network pass."""
-        return upsample_logits(self.evaluation_network()(images)[MAIN], size,
-                               self.logits_align_corners)
-
-    @property
-    def logits_align_corners(self) -> bool:
-        """How logits are resized for evaluation: the segmenter's `align_corners` (True for
-        networks that do not say, as the DeepLabV2 UDA code)."""
-        return getattr(self.segmenter, "align_corners", True)
-
-    def predict_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Logits at `size` (the label resolution in evaluation) under the test-time options."""
-        return self.evaluator.predict(self.logits_at, self.fast_path.layout(images), size,
-                                      self.logits_align_corners)
-
-    @torch.no_grad()
-    def average_bn_statistics(self) -> None:
-        """Make BN running statistics identical on every rank (their mean): each rank's forwards
-        update its own, and DDP broadcasts buffers only once per iteration, so without this each
-        rank would evaluate (and a resumed run restart) with a slightly different model."""
-        if self._trainer is None or self.trainer.world_size <= 1:
-            return
-        for module in (self.segmenter, *self.teacher_networks()):
-            for buffer in module.buffers():
-                if buffer.is_floating_point():
-                    buffer.copy_(self.trainer.strategy.reduce(buffer.clone(), reduce_op="mean"))
-
-    def _evaluate(self, stage: str, batch: dict) -> None:
-        labels = batch["label"]
-        self.evaluator.process(stage, self.predict_logits(batch["image"],
-                                                          tuple(labels.shape[-2:])), labels)
-
-    def _log_evaluation(self, stage: str) -> None:
-        metrics = self.evaluator.compute(stage)
-        # Values are already reduced over ranks (torchmetrics); sync_dist only averages copies.
-        self.log_dict({f"{stage}/{name}": value for name, value in metrics.items()},
-                      on_step=False, on_epoch=True, sync_dist=True)
-
-    def on_validation_epoch_start(self) -> None:
-        self.average_bn_statistics()
-
-    def on_test_epoch_start(self) -> None:
-        self.average_bn_statistics()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate("val", batch)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate("test", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test")
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """Train-id maps at each image's original size (one size per batch)."""
-        height, width = (int(value) for value in batch["original_size"][0])
-        logits = self.predict_logits(batch["image"], (height, width))
-        return {"prediction": logits.argmax(dim=1).to(torch.uint8), "name": batch["name"]}
-
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Besides Lightning's state: the poly horizon, the run of skipped iterations and every
