@@ -22,6 +22,22 @@ from udaseg.models import MAIN
 from udaseg.models.segmenter import resolve_class
 
 
+def builtin_benchmark_data(eval_batch_size: int = 16) -> UDADataModule:
+    """The built-in benchmark v2 as configs/synthetic/data.yaml builds it (its training crops,
+    validation and test splits), set up for fitting and testing."""
+    crops = Augmentation(hflip=True, scale=(0.75, 1.25), crop=(128, 128))
+    data = UDADataModule(source=SyntheticStreets("synthetic", "train", 64, version=2),
+                         target=SyntheticStreets("real", "train", 2000, version=2),
+                         val=SyntheticStreets("real", "val", 200, version=2),
+                         test=SyntheticStreets("real", "test", 500, version=2),
+                         source_augmentation=crops, target_augmentation=crops,
+                         normalization="signed", batch_size=8, eval_batch_size=eval_batch_size,
+                         num_workers=0)
+    data.setup("fit")
+    data.setup("test")
+    return data
+
+
 def test_miou(method: UDAMethod, data: UDADataModule) -> float:
     """mIoU (%) of the segmenter in evaluation mode on the data module's test split."""
     network = method.segmenter.eval()
@@ -64,17 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     method = resolve_class(args.method, "--method").load_from_checkpoint(
         args.checkpoint, map_location="cpu", weights_only=False)
-    # The built-in benchmark v2 (configs/synthetic/data.yaml): its test split, target crops.
-    crops = Augmentation(hflip=True, scale=(0.75, 1.25), crop=(128, 128))
-    data = UDADataModule(source=SyntheticStreets("synthetic", "train", 64, version=2),
-                         target=SyntheticStreets("real", "train", 2000, version=2),
-                         val=SyntheticStreets("real", "val", 200, version=2),
-                         test=SyntheticStreets("real", "test", 500, version=2),
-                         source_augmentation=crops, target_augmentation=crops,
-                         normalization="signed", batch_size=8, eval_batch_size=16,
-                         num_workers=0)
-    data.setup("fit")
-    data.setup("test")
+    data = builtin_benchmark_data()
     print(f"test mIoU as saved: {test_miou(method, data):.2f}")
     reestimate_bn(method, data, args.batches)
     print(f"test mIoU, BN statistics re-estimated on {args.batches} clean target batches: "

@@ -72,6 +72,28 @@ def test_other_hyperparameters_iterations_and_evaluations_are_never_seeds(tmp_pa
     }
 
 
+def test_runs_saved_before_an_option_existed_join_the_one_row_they_agree_with(tmp_path):
+    """A config without a setting (saved by a version before it) is seeds with the runs that
+    agree on everything else; once the setting is varied, which row it belongs to is unknown."""
+    def add_option(seed, value):
+        config_file = tmp_path / "advent" / f"seed{seed}" / "config.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        config["data"]["target_augmentation"] = {"cat_max_ratio": value}
+        config_file.write_text(yaml.safe_dump(config))
+
+    for seed in range(3):
+        write(tmp_path, "advent", f"seed{seed}", 40.0 + seed, 80.0, seed=seed)
+    add_option(1, None)
+    add_option(2, None)
+    rows = {row[0]: row[1] for row in summarize(group(collect(tmp_path, "test")), False)[1]}
+    assert rows == {"advent": "3"}
+    write(tmp_path, "advent", "seed3", 30.0, 70.0, seed=3)
+    add_option(3, 0.75)
+    rows = {row[0]: row[1] for row in summarize(group(collect(tmp_path, "test")), False)[1]}
+    assert rows == {"advent [cat_max_ratio=-]": "1", "advent [cat_max_ratio=null]": "2",
+                    "advent [cat_max_ratio=0.75]": "1"}
+
+
 def test_seeds_started_from_their_own_stage_one_run_share_a_row(tmp_path):
     """CIM seed k starts from TUFL seed k: the start checkpoints differ only by seed, so they
     are one experiment; starting from another stage-1 method is a different one."""

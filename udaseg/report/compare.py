@@ -88,6 +88,7 @@ def start_run(value: str) -> str:
 
 
 def experiment(config: dict) -> dict[str, str]:
+    """The settings that make a run's experiment, flat."""
     flat = {key: start_run(value) if key.endswith("init_checkpoint") else value
             for key, value in flatten(config).items()}
     return {key: value for key, value in flat.items()
@@ -146,26 +147,46 @@ def missing_stage(root: Path, stage: str) -> str:
             "--stage val")
 
 
+def agrees(config: dict[str, str], other: dict[str, str]) -> bool:
+    """Whether two flat configs have the same value for every setting both have."""
+    return all(other[key] == value for key, value in config.items() if key in other)
+
+
 def group(runs: Sequence[Run]) -> dict[str, list[Run]]:
-    """Row label -> the runs (seeds) of one configuration."""
-    groups: dict[tuple, list[Run]] = {}
-    for run in runs:
-        key = (run.name, run.command, run.iteration, tuple(sorted(run.config.items())))
-        groups.setdefault(key, []).append(run)
+    """Row label -> the runs (seeds) of one configuration.
+
+    The CLI saves every option of the version that ran, so a setting missing from a config
+    is one a later version added. A run saved before it existed joins the one row whose runs
+    agree with it on every setting it has; when several rows do (the setting was varied
+    later), which one it belongs to is unknown and it gets a row of its own."""
+    rows: list[tuple[tuple, dict[str, str], list[int]]] = []   # (name, command, it), config
+    # Runs with the most settings first, so older runs find the rows of newer ones.
+    order = sorted(range(len(runs)), key=lambda index: -len(runs[index].config))
+    for index in order:
+        run = runs[index]
+        head = (run.name, run.command, run.iteration)
+        same = [row for row in rows if row[0] == head and row[1] == run.config] or \
+            [row for row in rows if row[0] == head and agrees(run.config, row[1])]
+        if len(same) == 1:
+            same[0][2].append(index)
+        else:
+            rows.append((head, run.config, [index]))
+    rows.sort(key=lambda row: min(row[2]))
     labelled: dict[str, list[Run]] = {}
-    for key, members in groups.items():
-        name, command, iteration, _ = key
-        siblings = [other for other in groups if other[0] == name and other != key]
-        parts = [command] if any(other[1] != command for other in siblings) else []
-        if any(other[2] != iteration for other in siblings):
+    for head, config, members in rows:
+        name, command, iteration = head
+        siblings = [other for other in rows if other[0][0] == name and other[0] != head or
+                    other[0] == head and other[1] is not config]
+        parts = [command] if any(other[0][1] != command for other in siblings) else []
+        if any(other[0][2] != iteration for other in siblings):
             parts.append(f"{iteration} it")
         # Config keys that tell this row from rows of the same name, command and iteration.
-        config = members[0].config
-        differing = sorted({config_key for other in siblings if other[1:3] == key[1:3]
-                            for config_key in set(dict(other[3])) | set(config)
-                            if dict(other[3]).get(config_key) != config.get(config_key)})
-        parts += [f"{k.rsplit('.', 1)[-1]}={config.get(k, '-')}" for k in differing[:3]]
-        labelled[name + (f" [{', '.join(parts)}]" if parts else "")] = members
+        differing = sorted({key for other in siblings if other[0] == head
+                            for key in set(other[1]) | set(config)
+                            if other[1].get(key) != config.get(key)})
+        parts += [f"{key.rsplit('.', 1)[-1]}={config.get(key, '-')}" for key in differing[:3]]
+        labelled[name + (f" [{', '.join(parts)}]" if parts else "")] = \
+            [runs[index] for index in sorted(members)]
     return labelled
 
 
