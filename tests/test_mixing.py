@@ -23,12 +23,12 @@ from udaseg.adaptation import (
     teacher_pseudo_labels,
 )
 from udaseg.adaptation.batch_augment import MixPhotometric, RandomAffine, class_mix_mask, paste
+from udaseg.adaptation.masked_consistency import pseudo_weight_map
 from udaseg.adaptation.photometric import require_input_normalization
 from udaseg.data import StrongView, UDADataModule, normalize
 from udaseg.data.transforms import input_to_unit_rgb, unit_rgb_to_input
 from udaseg.losses import (
     confidence_fraction,
-    crop_pseudo_weight,
     mixed_pixel_weights,
     pixel_weighted_cross_entropy,
 )
@@ -97,21 +97,23 @@ def test_mixed_loss_weights_and_confidence_by_hand():
 
 def test_pseudo_label_crop_zeroes_target_rows_only():
     """DAFormer's crop: target pixels of the top/bottom rows get weight 0, pasted source pixels
-    keep 1; the same as the official order (crop the target's map, then mix it with ones)."""
+    keep 1 (`DACS.weighted_mix`); the same as the official order (crop the target's map, then
+    mix it with ones)."""
     generator = torch.Generator().manual_seed(0)
     source_mask = torch.rand(2, 10, 3, generator=generator) > 0.5
     fraction = torch.tensor(0.7)
-    cropped = crop_pseudo_weight(mixed_pixel_weights(source_mask, fraction), source_mask, 2, 3)
+    mixed = mixed_pixel_weights(source_mask, fraction)
+    cropped = torch.where(source_mask, mixed, pseudo_weight_map(fraction, (2, 10, 3), 2, 3))
     target_map = fraction.expand(2, 10, 3).clone()
     target_map[:, :2], target_map[:, -3:] = 0.0, 0.0
     assert torch.equal(cropped, torch.where(source_mask, torch.ones(()), target_map))
     assert (cropped[source_mask] == 1.0).all()
     assert (cropped[:, 2:7][~source_mask[:, 2:7]] == 0.7).all()
     # bottom=0 crops nothing (a `[-0:]` slice would take every row).
-    untouched = crop_pseudo_weight(mixed_pixel_weights(source_mask, fraction), source_mask, 0, 0)
-    assert torch.equal(untouched, mixed_pixel_weights(source_mask, fraction))
+    untouched = torch.where(source_mask, mixed, pseudo_weight_map(fraction, (2, 10, 3), 0, 0))
+    assert torch.equal(untouched, mixed)
     with pytest.raises(ValueError, match="non-negative"):
-        crop_pseudo_weight(cropped, source_mask, -1, 0)
+        pseudo_weight_map(fraction, (2, 10, 3), -1, 0)
 
 
 # ------------------------------------------------------------------ photometric

@@ -180,7 +180,16 @@ def pseudo_weight_map(confidence_weight: torch.Tensor, shape: tuple[int, int, in
 
     >>> pseudo_weight_map(torch.tensor(0.5), (1, 4, 1), top=1, bottom=1)[0, :, 0].tolist()
     [0.0, 0.5, 0.5, 0.0]
+
+    The crop is DAFormer's `pseudo_weight_crop` (official `pseudo_weight_ignore_top/bottom`,
+    15 and 120 rows of a 512 crop), where rectification artefacts (top) and the ego vehicle
+    (bottom) make the teacher untrustworthy. Officially the rows are zeroed in the target's map
+    after the confidence share is computed over the whole image, then mixed with a map of ones
+    for pasted source pixels (`DACS.weighted_mix`).
     """
+    if top < 0 or bottom < 0:
+        raise ValueError(f"the pseudo-label crop takes non-negative row counts, got top={top}, "
+                         f"bottom={bottom}")
     weights = confidence_weight.float().expand(shape).clone()
     if top:
         weights[:, :top] = 0

@@ -29,7 +29,6 @@ from udaseg.losses.hrda import MultiResolutionLoss, multi_resolution_loss
 from udaseg.losses.maxsquare import iw_maxsquare_loss, maxsquare_loss, self_produced_guidance
 from udaseg.losses.mixing import (
     confidence_fraction,
-    crop_pseudo_weight,
     mixed_pixel_weights,
     pixel_weighted_cross_entropy,
 )
@@ -45,7 +44,6 @@ __all__ = [
     "conservative_loss",
     "conservative_loss_published",
     "conservative_weight",
-    "crop_pseudo_weight",
     "downscale_label_ratio",
     "entropy_loss",
     "entropy_map",

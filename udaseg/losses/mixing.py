@@ -28,31 +28,6 @@ def mixed_pixel_weights(source_mask: torch.Tensor, target_weight: torch.Tensor) 
                        target_weight.float().expand(source_mask.shape))
 
 
-def crop_pseudo_weight(pixel_weights: torch.Tensor, source_mask: torch.Tensor, top: int,
-                       bottom: int) -> torch.Tensor:
-    """(N, H, W) `pixel_weights` of a mixed batch with target pixels of the first `top` and the
-    last `bottom` rows set to 0; pasted source pixels (`source_mask`, (N, H, W) bool) keep theirs.
-
-    DAFormer's pseudo-label crop (official `pseudo_weight_ignore_top/bottom`, 15 and 120 rows
-    of a 512 crop): the teacher is not trusted where rectification artefacts (top) and the ego
-    vehicle (bottom) are. Officially the rows are zeroed in the target's weight map (after the
-    confidence fraction is computed over the whole image) before mixing, which takes source
-    pixels from a map of ones: the same as this, applied after `mixed_pixel_weights`.
-
-    >>> weights = torch.full((1, 4, 1), 0.5)
-    >>> source = torch.tensor([[[True], [False], [False], [False]]])
-    >>> crop_pseudo_weight(weights, source, top=1, bottom=2)[0, :, 0].tolist()
-    [0.5, 0.5, 0.0, 0.0]
-    """
-    if top < 0 or bottom < 0:
-        raise ValueError(f"the pseudo-label crop takes non-negative row counts, got top={top}, "
-                         f"bottom={bottom}")
-    rows = torch.arange(pixel_weights.shape[-2], device=pixel_weights.device)
-    band = (rows < top) | (rows >= pixel_weights.shape[-2] - bottom)
-    cropped = band[:, None] & ~source_mask
-    return torch.where(cropped, torch.zeros_like(pixel_weights), pixel_weights)
-
-
 def pixel_weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                                  pixel_weights: torch.Tensor,
                                  class_weights: Optional[torch.Tensor] = None,

@@ -203,7 +203,7 @@ class DAFormer(DACS):
         if self.detail_crops is not None:
             parts, output = self.detail_crops.loss(images, labels)
             losses = {"seg": parts.total, "seg_fused": parts.fused, "seg_detail": parts.detail}
-            features, feature_images = output.context_features, self.segmenter.context(images)
+            features = output.context_features
         elif self.feature_distance is None:
             return self.supervised_step(source)[1]
         else:
@@ -211,9 +211,11 @@ class DAFormer(DACS):
             features = self.segmenter.encode(images)
             losses = self.supervised_loss(
                 self.segmenter.decode(features, tuple(images.shape[-2:])), labels)
-            feature_images = images
         total = losses["seg"]
         if self.feature_distance is not None:
+            # Under HRDA the student's features are the context view's: so are the ImageNet's.
+            feature_images = images if self.detail_crops is None else \
+                self.segmenter.context(images)
             losses["feature_distance"] = self.feature_distance(feature_images, features[-1],
                                                                labels)
             total = total + losses["feature_distance"]
